@@ -1,0 +1,145 @@
+"""The `dreambot` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from typing import Annotated
+
+import typer
+
+from core.errors import DreambotError, SchemaOutdated
+from core.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(help="dreambot: personalised Stable Diffusion in Discord and Slack.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        typer.secho(f"dreambot: bad setting: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"dreambot: {message}", fg="red", err=True)
+    return typer.Exit(code)
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("DREAMBOT_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Bring the database schema up to date (safe to run from several hosts at once)."""
+    from core import migrate
+
+    settings = _settings()
+    try:
+        current = migrate.upgrade(settings, revision)
+    except Exception as exc:
+        raise _fail(f"migration failed: {exc}") from None
+    typer.echo(f"database schema at revision {current}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str) -> None:
+    """Move the schema back to REVISION ('base' removes every table)."""
+    from core import migrate
+
+    migrate.downgrade(_settings(), revision)
+    typer.echo(f"database schema at revision {revision}")
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated: train, sample or both")] = "train,sample",
+    name: Annotated[str | None, typer.Option(help="worker name (default QUEUES@host)")] = None,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork (one child) or solo")] = "prefork",
+) -> None:
+    """Run a GPU worker for the given queues."""
+    from core import migrate
+
+    settings = _settings()
+    try:
+        migrate.check_schema(settings)
+    except SchemaOutdated as exc:
+        raise _fail(str(exc)) from None
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = [q for q in wanted if q not in ("train", "sample")]
+    if unknown or not wanted:
+        raise _fail(f"--queues takes train and/or sample, not {','.join(unknown) or 'nothing'}", 2)
+    from gpu_worker.app import app as celery_app
+
+    celery_app.worker_main(
+        [
+            "worker",
+            "-Q",
+            ",".join(settings.queue_name(q) for q in wanted),
+            "-n",
+            name or f"{'+'.join(wanted)}@{socket.gethostname()}",
+            "-c",
+            "1",
+            "--pool",
+            pool,
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@app.command()
+def up(
+    workers: Annotated[bool, typer.Option(help="also start a train and a sample worker")] = True,
+) -> None:
+    """Run everything on this machine: migrations, a train and a sample worker, the bot and web."""
+    from bot.server import serve
+
+    _logging()
+    settings = _settings()
+    try:
+        serve(settings, with_workers=workers)
+    except DreambotError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def doctor(
+    selftest_timeout: Annotated[float, typer.Option(help="seconds to wait for the worker selftest")] = 30,
+) -> None:
+    """Check the database, broker, storage, LLM endpoint, workers and GPU."""
+    from bot.doctor import run_checks
+
+    checks = run_checks(_settings(), selftest_timeout)
+    for check in checks:
+        mark = (
+            typer.style("ok  ", fg="green")
+            if check.ok
+            else typer.style("FAIL" if check.required else "warn", fg="red" if check.required else "yellow")
+        )
+        typer.echo(f"{mark} {check.name:9} {check.detail}")
+    if any(not c.ok and c.required for c in checks):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except DreambotError as exc:
+        print(f"dreambot: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The bot process of `dreambot up`: migrations, workers, sweeper and the web server."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from bot.launcher import Supervisor
+from bot.web.app import create_app
+from core import migrate
+from core.settings import Settings
+from core.sweeper import SweeperThread
+
+log = logging.getLogger(__name__)
+
+
+def serve(settings: Settings, *, with_workers: bool = True) -> None:
+    """Run until SIGINT/SIGTERM, then stop every child and thread cleanly."""
+    revision = migrate.upgrade(settings)
+    log.info("database schema at %s", revision)
+    supervisor = Supervisor()
+    sweeper = SweeperThread(settings)
+    try:
+        if with_workers:
+            supervisor.start_worker("train")
+            supervisor.start_worker("sample")
+        sweeper.start()
+        config = uvicorn.Config(
+            create_app(settings),
+            host=settings.web_host,
+            port=settings.web_port,
+            log_level="info",
+            lifespan="on",
+        )
+        log.info("web playground on http://%s:%s/", settings.web_host, settings.web_port)
+        uvicorn.Server(config).run()  # returns on SIGINT / SIGTERM
+    finally:
+        sweeper.stop()
+        supervisor.stop()
+        log.info("dreambot stopped")

@@ -1,0 +1,80 @@
+"""Engines and sessions. One engine per (URL, schema) per process."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.settings import Settings
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets readers (dashboard, delivery) run beside the one writer; busy_timeout makes
+    # concurrent writers queue up instead of failing with "database is locked".
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def build_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine:
+    """A new engine for `url`; `schema` pins PostgreSQL's search_path (test isolation)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.drivername == "postgresql":
+        url = str(parsed.set(drivername="postgresql+psycopg"))
+    connect_args = {"options": f"-csearch_path={schema}"} if schema else {}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+
+
+def get_engine(settings: Settings) -> Engine:
+    """The shared engine for these settings (created once per process)."""
+    url = settings.resolved_database_url
+    schema = settings.database_schema
+    key = f"{url}#{schema or ''}"
+    with _lock:
+        if key not in _engines:
+            _engines[key] = build_engine(url, schema=schema)
+        return _engines[key]
+
+
+def session_factory(settings: Settings) -> sessionmaker[Session]:
+    return sessionmaker(get_engine(settings), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(settings: Settings) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    session = session_factory(settings)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (after fork, and at the end of tests)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()

@@ -1,0 +1,43 @@
+"""One exception tree. Messages are written for the person who will read them."""
+
+from __future__ import annotations
+
+
+class DreambotError(Exception):
+    """Base of every error dreambot raises on purpose."""
+
+
+class UserFacingError(DreambotError):
+    """Safe to show in chat as it is: says what went wrong and what to do."""
+
+
+class QuotaExceeded(UserFacingError):
+    pass
+
+
+class Blocked(UserFacingError):
+    pass
+
+
+class NotFound(UserFacingError):
+    pass
+
+
+class LLMBudgetExceeded(UserFacingError):
+    pass
+
+
+class IllegalTransition(DreambotError):
+    """A job was asked to move between states the lifecycle does not allow."""
+
+
+class LeaseLost(DreambotError):
+    """This worker's claim on a job is no longer current (swept, cancelled or finished)."""
+
+
+class SchemaOutdated(DreambotError):
+    """The database schema is older (or newer) than this code."""
+
+
+class StorageKeyError(DreambotError, ValueError):
+    """A storage key that is empty, absolute or escapes the storage root."""

@@ -1,0 +1,195 @@
+"""Every `DREAMBOT_*` setting, typed, with embedded defaults for one machine.
+
+One `Settings` class is the only place configuration is read. A wrong value stops
+start-up with one line naming the variable and what it expects (`SettingsError`),
+and settings that would be unsafe in production are refused rather than guessed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import DreambotError
+
+ENV_PREFIX = "DREAMBOT_"
+OPENROUTER_URL = "https://openrouter.ai/api/v1"
+BROKER_SCHEMES = {"filesystem", "redis", "rediss", "amqp", "amqps", "pyamqp", "memory"}
+DATABASE_SCHEMES = {"sqlite", "postgresql"}
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class SettingsError(DreambotError):
+    """A setting is missing or wrong; the message names it and says what it expects."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # -- where things live --------------------------------------------------------------
+    data_dir: Path = Field(Path("var"), description="folder for the embedded database, broker and storage")
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<data_dir>/dreambot.db")
+    broker_url: str = Field("", description="Celery broker; default filesystem:// under <data_dir>/broker")
+    storage_url: str = Field("", description="a folder or s3://bucket/prefix; default <data_dir>/storage")
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    database_schema: str | None = Field(None, description="PostgreSQL schema (search_path) to use")
+    queue_prefix: str = Field("", description="prefix for the Celery queue names (one deployment per prefix)")
+
+    # -- web server (playground + admin dashboard) ----------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8080, ge=0, le=65535)
+    session_secret: SecretStr | None = None
+
+    # -- LLM (any OpenAI-compatible endpoint) ----------------------------------------------
+    llm_base_url: str = OPENROUTER_URL
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "google/gemma-3-27b-it"
+    llm_native_tools: bool = False
+    llm_timeout: float = Field(60.0, gt=0)
+    llm_daily_spend_cap_usd: float = Field(5.0, ge=0)
+
+    # -- chat platforms ---------------------------------------------------------------------
+    discord_token: SecretStr | None = None
+    discord_api_base: str = "https://discord.com/api/v10"
+    discord_gateway_url: str | None = None
+    slack_bot_token: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+
+    # -- diffusion ------------------------------------------------------------------------
+    base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    train_config: Path | None = None
+    train_time_limit: int = Field(2 * 3600, gt=0, description="seconds a training may run")
+    sample_time_limit: int = Field(300, gt=0, description="seconds a sampling job may run")
+    nsfw_filter: bool = True
+
+    # -- job lifecycle timings (seconds) ----------------------------------------------------
+    heartbeat_interval: float = Field(10.0, gt=0)
+    lease_timeout: float = Field(120.0, gt=0, description="a running job silent this long is lost")
+    resend_after: float = Field(60.0, gt=0, description="a queued, unclaimed job is re-sent after this")
+    sweep_interval: float = Field(15.0, gt=0)
+    broker_poll_interval: float = Field(0.2, gt=0, description="filesystem/Redis polling")
+    max_attempts: int = Field(3, ge=1)
+
+    # -- default quotas per person (admins override per person) --------------------------
+    max_concurrent_jobs: int = Field(2, ge=0)
+    trainings_per_day: int = Field(3, ge=0)
+    images_per_day: int = Field(200, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str) -> str:
+        if not v:
+            return v
+        scheme = v.split(":", 1)[0].split("+", 1)[0]
+        if "://" not in v or scheme not in DATABASE_SCHEMES:
+            raise ValueError("expected sqlite:///path/to/file.db or postgresql+psycopg://user@host:5432/db")
+        return v
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        if v and urlparse(v).scheme not in BROKER_SCHEMES:
+            raise ValueError("expected filesystem://, redis://host:6379/0 or amqp://user:pass@host:5672//")
+        return v
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, v: str) -> str:
+        scheme = urlparse(v).scheme
+        if v.startswith("s3://") and not urlparse(v).netloc:
+            raise ValueError("expected s3://bucket/prefix")
+        if scheme not in {"", "s3", "file"} and len(scheme) > 1:  # len 1: a Windows drive letter
+            raise ValueError("expected a folder path or s3://bucket/prefix")
+        return v
+
+    @field_validator("llm_base_url", "discord_api_base", "slack_api_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if urlparse(v).scheme not in {"http", "https"}:
+            raise ValueError("expected an http:// or https:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        # Behind a public address the dashboard login must survive restarts and be
+        # unguessable, so a generated per-folder secret is only good enough on loopback.
+        exposed = self.web_host not in LOOPBACK_HOSTS
+        if exposed and (self.session_secret is None or len(self.session_secret.get_secret_value()) < 32):
+            raise ValueError(
+                "DREAMBOT_SESSION_SECRET: needs at least 32 random characters when "
+                f"DREAMBOT_WEB_HOST={self.web_host} is not a loopback address"
+            )
+        return self
+
+    # -- derived values -------------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'dreambot.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.data_dir / "storage")
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    def queue_name(self, base: str) -> str:
+        return f"{self.queue_prefix}{base}"
+
+    def session_secret_value(self) -> str:
+        """The cookie-signing secret: the configured one, else one kept in the data folder."""
+        if self.session_secret is not None:
+            return self.session_secret.get_secret_value()
+        path = self.data_dir / "session_secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = error.get("loc") or ()
+    name = f"{ENV_PREFIX}{str(loc[0]).upper()}" if loc else ""
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if message.startswith(ENV_PREFIX):  # model-level checks already name their setting
+        return message
+    got = error.get("input")
+    shown = "" if got is None or isinstance(got, dict) else f" (got {str(got)[:60]!r})"
+    return f"{name}: {message}{shown}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment and `.env`; raise `SettingsError` on a bad value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError("; ".join(_describe(e) for e in exc.errors())) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once). Tests build their own with `load_settings`."""
+    return load_settings()

@@ -1,0 +1,163 @@
+"""Blob storage by key: photos, LoRAs, checkpoints, images.
+
+Keys are relative, slash-separated paths (`subjects/12/photos/3.jpg`). `LocalStorage`
+writes atomically (temporary file, fsync, rename), so a reader sees the whole file or
+nothing, and it refuses keys that are absolute or climb out of its root. `Storage` is
+the interface an object-store implementation fills in the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from core.errors import NotFound, StorageKeyError
+from core.settings import Settings
+
+CHUNK = 1024 * 1024
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a safe relative key, else raise `StorageKeyError`."""
+    if not key or "\\" in key or "\x00" in key:
+        raise StorageKeyError(f"bad storage key {key!r}")
+    path = PurePosixPath(key)
+    if path.is_absolute() or key.startswith("/") or (len(key) > 1 and key[1] == ":"):
+        raise StorageKeyError(f"storage key must be relative, got {key!r}")
+    if any(part in ("..", ".", "") for part in key.split("/")):
+        raise StorageKeyError(f"storage key must not contain '.', '..' or '//': {key!r}")
+    return key
+
+
+class Storage(ABC):
+    """put / open / exists / delete / list by key."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes | BinaryIO) -> str:
+        """Store `data` under `key` atomically; returns its sha256 hex digest."""
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """A binary reader for `key`; raises `NotFound` when absent."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove `key`; False when it was not there."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Every key starting with `prefix`, in sorted order."""
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every key under `prefix`; returns how many."""
+        keys = list(self.list(prefix))
+        return sum(1 for key in keys if self.delete(key))
+
+
+class LocalStorage(Storage):
+    """Storage in a local folder. Temporary files live in `<root>/.tmp`, never under a key."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.tmp = self.root / ".tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        path = (self.root / validate_key(key)).resolve()
+        if not path.is_relative_to(self.root) or path.is_relative_to(self.tmp):
+            raise StorageKeyError(f"storage key escapes the storage folder: {key!r}")
+        return path
+
+    def put(self, key: str, data: bytes | BinaryIO) -> str:
+        final = self.path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix=f"{uuid.uuid4().hex}-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in _chunks(data):
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp_name, final)  # atomic on POSIX: whole file or nothing
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return digest.hexdigest()
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self.path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFound(f"nothing stored under {key!r}") from None
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def delete(self, key: str) -> bool:
+        path = self.path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        self._prune_empty(path.parent)
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if Path(dirpath, d) != self.tmp]
+            for name in filenames:
+                key = Path(dirpath, name).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        yield from sorted(keys)
+
+    def _prune_empty(self, folder: Path) -> None:
+        while folder != self.root and folder.is_relative_to(self.root):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
+
+    def clear(self) -> None:
+        """Delete everything (tests)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+
+def _chunks(data: bytes | BinaryIO) -> Iterator[bytes]:
+    if isinstance(data, bytes | bytearray | memoryview):
+        yield bytes(data)
+        return
+    while chunk := data.read(CHUNK):
+        yield chunk
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def storage_from_settings(settings: Settings) -> Storage:
+    url = settings.resolved_storage_url
+    if url.startswith("s3://"):
+        raise NotImplementedError(
+            "DREAMBOT_STORAGE_URL=s3://… is not available in this version; use a folder"
+        )
+    return LocalStorage(url.removeprefix("file://"))

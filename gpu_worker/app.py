@@ -1,0 +1,73 @@
+"""The worker's Celery app: `celery -A gpu_worker.app worker` or `dreambot worker`.
+
+Settings are read when the worker starts; models are loaded lazily by the first task
+that needs them (never at import or fork time).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from core.db import dispose_engines, get_engine, session_scope
+from core.dbclock import db_now
+from core.models import Worker
+from core.queue import make_celery
+from core.settings import get_settings
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+app = make_celery(settings)
+app.autodiscover_tasks(["gpu_worker"], related_name="tasks", force=True)
+
+_presence_stop = threading.Event()
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # Pooled connections must never be shared across fork.
+    dispose_engines()
+
+
+def _record_presence(name: str, queues: str, info: dict[str, Any]) -> None:
+    dialect = sqlite if get_engine(settings).dialect.name == "sqlite" else postgresql
+    with session_scope(settings) as session:
+        stmt = dialect.insert(Worker).values(
+            name=name, hostname=info.get("hostname", ""), queues=queues, info=info
+        )
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["name"],
+                set_={"queues": queues, "info": info, "started_at": db_now(), "last_seen_at": db_now()},
+            )
+        )
+
+
+def _presence_loop(name: str) -> None:
+    while not _presence_stop.wait(settings.heartbeat_interval):
+        try:
+            with session_scope(settings) as session:
+                session.execute(update(Worker).where(Worker.name == name).values(last_seen_at=db_now()))
+        except Exception:
+            log.warning("could not record worker presence", exc_info=True)
+
+
+@worker_ready.connect
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    from gpu_worker.selftest import describe_machine
+
+    name = sender.hostname
+    queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
+    _record_presence(name, queues, describe_machine(str(settings.data_dir)))
+    threading.Thread(target=_presence_loop, args=(name,), daemon=True).start()
+    log.info("worker %s ready on %s", name, queues)
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    _presence_stop.set()

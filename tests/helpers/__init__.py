@@ -1,0 +1,1 @@
+"""Test helpers every suite uses: tiny models, settings profiles, isolation, processes."""
