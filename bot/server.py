@@ -35,6 +35,8 @@ def serve(settings: Settings, *, with_workers: bool = True) -> None:
         )
         log.info("web playground on http://%s:%s/", settings.web_host, settings.web_port)
         uvicorn.Server(config).run()  # returns on SIGINT / SIGTERM
+    except KeyboardInterrupt:  # uvicorn re-raises the signal after its own clean shutdown
+        pass
     finally:
         sweeper.stop()
         supervisor.stop()
