@@ -17,7 +17,7 @@ from sqlalchemy.sql.expression import FunctionElement
 SQLITE_FORMAT = "'%Y-%m-%d %H:%M:%f'"  # the text format SQLAlchemy stores: compares as text
 
 
-class db_now(FunctionElement):  # noqa: N801 - reads like the SQL function it stands for
+class db_now(FunctionElement):  # lower case: reads like the SQL function it stands for
     """`now() + offset_seconds` in naive UTC, evaluated by the database."""
 
     type = DateTime()

@@ -39,56 +39,112 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<data_dir>/dreambot.db")
     broker_url: str = Field("", description="Celery broker; default filesystem:// under <data_dir>/broker")
     storage_url: str = Field("", description="a folder or s3://bucket/prefix; default <data_dir>/storage")
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = None
-    s3_access_key_id: SecretStr | None = None
-    s3_secret_access_key: SecretStr | None = None
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, R2, …) for s3:// storage"
+    )
+    s3_region: str | None = Field(None, description="S3 region for s3:// storage")
+    s3_access_key_id: SecretStr | None = Field(None, description="S3 access key id")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key")
     database_schema: str | None = Field(None, description="PostgreSQL schema (search_path) to use")
     queue_prefix: str = Field("", description="prefix for the Celery queue names (one deployment per prefix)")
 
     # -- web server (playground + admin dashboard) ----------------------------------------
-    web_host: str = "127.0.0.1"
-    web_port: int = Field(8080, ge=0, le=65535)
-    session_secret: SecretStr | None = None
+    web_host: str = Field("127.0.0.1", description="address the web server (playground + /admin) listens on")
+    web_port: int = Field(8080, ge=0, le=65535, description="port of the web server")
+    session_secret: SecretStr | None = Field(
+        None,
+        description="cookie-signing secret, ≥32 chars; required when WEB_HOST is not loopback (else generated into DATA_DIR)",
+    )
+    console_database_url: str = Field(
+        "",
+        description="database URL for the dashboard's SQL console (a read-only role); default the main one",
+    )
+    console_time_limit: float = Field(5.0, gt=0, description="seconds one SQL console statement may run")
+    console_row_limit: int = Field(1000, ge=1, description="rows the SQL console shows (and exports) at most")
 
     # -- LLM (any OpenAI-compatible endpoint) ----------------------------------------------
-    llm_base_url: str = OPENROUTER_URL
-    llm_api_key: SecretStr | None = None
-    llm_model: str = "google/gemma-3-27b-it"
-    llm_native_tools: bool = False
-    llm_timeout: float = Field(60.0, gt=0)
-    llm_daily_spend_cap_usd: float = Field(5.0, ge=0)
+    llm_base_url: str = Field(
+        OPENROUTER_URL,
+        description="OpenAI-compatible endpoint: OpenRouter, vLLM (http://host:8000/v1), Ollama (http://host:11434/v1), llama.cpp",
+    )
+    llm_api_key: SecretStr | None = Field(
+        None, description="API key for the LLM endpoint (OpenRouter: sk-or-…)"
+    )
+    llm_model: str = Field(
+        "google/gemma-3-27b-it", description="model name at that endpoint (Ollama: gemma3:27b)"
+    )
+    llm_native_tools: bool = Field(
+        False, description="send tools= and accept native tool_calls (only for endpoints that support them)"
+    )
+    llm_timeout: float = Field(60.0, gt=0, description="seconds to wait for one LLM answer")
+    llm_daily_spend_cap_usd: float = Field(
+        5.0, ge=0, description="LLM spend cap per day for the whole deployment (USD)"
+    )
+    llm_max_retries: int = Field(3, ge=0, description="retries on 408/429/5xx and dropped connections")
+    llm_retry_max_wait: float = Field(30.0, ge=0, description="longest Retry-After wait honoured (seconds)")
+    llm_context_tokens: int = Field(32000, ge=2000, description="token budget for a thread's history")
+    llm_app_url: str | None = Field(None, description="sent as HTTP-Referer (OpenRouter attribution)")
+    llm_app_title: str | None = Field("dreambot", description="sent as X-Title (OpenRouter attribution)")
 
     # -- chat platforms ---------------------------------------------------------------------
-    discord_token: SecretStr | None = None
-    discord_api_base: str = "https://discord.com/api/v10"
-    discord_gateway_url: str | None = None
-    slack_bot_token: SecretStr | None = None
-    slack_app_token: SecretStr | None = None
-    slack_signing_secret: SecretStr | None = None
-    slack_api_url: str = "https://slack.com/api/"
+    discord_token: SecretStr | None = Field(
+        None, description="Discord bot token (enables the Discord adapter)"
+    )
+    discord_api_base: str = Field(
+        "https://discord.com/api/v10",
+        description="Discord REST API base URL (tests point it at a local fake)",
+    )
+    discord_gateway_url: str | None = Field(
+        None, description="Discord gateway websocket URL (default: asked from the API)"
+    )
+    slack_bot_token: SecretStr | None = Field(
+        None, description="Slack bot token xoxb-… (enables the Slack adapter)"
+    )
+    slack_app_token: SecretStr | None = Field(
+        None, description="Slack app-level token xapp-… for Socket Mode"
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        None, description="Slack signing secret for HTTP mode (request verification)"
+    )
+    slack_api_url: str = Field(
+        "https://slack.com/api/", description="Slack Web API base URL (tests point it at a local fake)"
+    )
 
     # -- diffusion ------------------------------------------------------------------------
-    base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    train_config: Path | None = None
+    base_model: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="Stable Diffusion base model: a hub id or a local folder",
+    )
+    train_config: Path | None = Field(
+        None, description="YAML/JSON file with deployment-wide training defaults"
+    )
     train_time_limit: int = Field(2 * 3600, gt=0, description="seconds a training may run")
     sample_time_limit: int = Field(300, gt=0, description="seconds a sampling job may run")
-    nsfw_filter: bool = True
+    nsfw_filter: bool = Field(True, description="run the safety checker and never post blocked images")
+    # -- sampling (gpu_worker/pipelines.py, gpu_worker/lora_cache.py) ------------------------
+    lora_cache_dir: Path | None = Field(
+        None, description="local LoRA file cache; default <data_dir>/lora-cache"
+    )
+    lora_cache_bytes: int = Field(4 * 1024**3, ge=0, description="LoRA disk cache size limit in bytes")
+    resident_adapters: int = Field(8, ge=1, description="LoRA adapters kept loaded in a sampling pipeline")
+    sample_compile: bool = Field(False, description="torch.compile the UNet on GPU (slow first job)")
 
     # -- job lifecycle timings (seconds) ----------------------------------------------------
-    heartbeat_interval: float = Field(10.0, gt=0)
+    heartbeat_interval: float = Field(10.0, gt=0, description="seconds between a running job's heartbeats")
     lease_timeout: float = Field(120.0, gt=0, description="a running job silent this long is lost")
     resend_after: float = Field(60.0, gt=0, description="a queued, unclaimed job is re-sent after this")
-    sweep_interval: float = Field(15.0, gt=0)
+    sweep_interval: float = Field(15.0, gt=0, description="seconds between sweeper passes")
     broker_poll_interval: float = Field(0.2, gt=0, description="filesystem/Redis polling")
-    max_attempts: int = Field(3, ge=1)
+    max_attempts: int = Field(3, ge=1, description="attempts a job gets before it fails for good")
 
     # -- default quotas per person (admins override per person) --------------------------
-    max_concurrent_jobs: int = Field(2, ge=0)
-    trainings_per_day: int = Field(3, ge=0)
-    images_per_day: int = Field(200, ge=0)
+    max_concurrent_jobs: int = Field(
+        2, ge=0, description="default: jobs a person may have queued or running at once"
+    )
+    trainings_per_day: int = Field(3, ge=0, description="default: trainings a person may start per 24 hours")
+    images_per_day: int = Field(200, ge=0, description="default: images a person may generate per 24 hours")
 
-    @field_validator("database_url")
+    @field_validator("database_url", "console_database_url")
     @classmethod
     def _database_url(cls, v: str) -> str:
         if not v:

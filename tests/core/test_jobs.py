@@ -55,8 +55,9 @@ def test_lifecycle_and_leases(db_settings: Settings) -> None:
     assert lease is not None and lease.attempt == 1
     assert jobs.claim(db_settings, job.id, "w2") is None  # a duplicate message: quiet
     jobs.report_progress(db_settings, lease, {"step": 1})
-    image_id = jobs.add_image(db_settings, lease, storage_key="jobs/1/0.png", seed=7, prompt="p",
-                              width=64, height=64)
+    image_id = jobs.add_image(
+        db_settings, lease, storage_key="jobs/1/0.png", seed=7, prompt="p", width=64, height=64
+    )
     assert image_id > 0
     jobs.finish(db_settings, lease, {"ok": True})
     done = jobs.get_job(db_settings, job.id)
@@ -75,8 +76,11 @@ def test_a_swept_worker_can_no_longer_write(db_settings: Settings) -> None:
     assert report.requeued == [job.id] and job.id in report.resent
     new = jobs.claim(db_settings, job.id, "w2")
     assert new is not None and new.attempt == 2
-    for write in (lambda: jobs.heartbeat(db_settings, old), lambda: jobs.finish(db_settings, old),
-                  lambda: jobs.report_progress(db_settings, old, {"x": 1})):
+    for write in (
+        lambda: jobs.heartbeat(db_settings, old),
+        lambda: jobs.finish(db_settings, old),
+        lambda: jobs.report_progress(db_settings, old, {"x": 1}),
+    ):
         with pytest.raises(LeaseLost):
             write()
     with pytest.raises(LeaseLost):
@@ -111,8 +115,12 @@ def test_sweeper_resends_forgotten_jobs_and_leaves_fresh_ones(db_settings: Setti
 
 
 def test_unreachable_broker_loses_nothing(tmp_path: Path, sqlite_settings: Settings) -> None:
-    down = make_test_settings(sqlite_settings.data_dir, database_url=sqlite_settings.resolved_database_url,
-                              broker_url="redis://127.0.0.1:1/0", queue_prefix=sqlite_settings.queue_prefix)
+    down = make_test_settings(
+        sqlite_settings.data_dir,
+        database_url=sqlite_settings.resolved_database_url,
+        broker_url="redis://127.0.0.1:1/0",
+        queue_prefix=sqlite_settings.queue_prefix,
+    )
     job = jobs.submit(down, kind="selftest")
     assert jobs.get_job(down, job.id).sent_at is None  # row kept, doorbell not rung
     assert sweep(sqlite_settings).resent == [job.id]  # broker back: the sweeper sends it
@@ -137,8 +145,13 @@ def test_cancel(db_settings: Settings) -> None:
 def test_transitions_are_checked() -> None:
     jobs.check_transition("queued", "running")
     jobs.check_transition("running", "queued")
-    for old, new in [("succeeded", "running"), ("failed", "queued"), ("queued", "succeeded"),
-                     ("cancelled", "running"), ("running", "running")]:
+    for old, new in [
+        ("succeeded", "running"),
+        ("failed", "queued"),
+        ("queued", "succeeded"),
+        ("cancelled", "running"),
+        ("running", "running"),
+    ]:
         with pytest.raises(IllegalTransition):
             jobs.check_transition(old, new)
 
@@ -160,28 +173,33 @@ def test_retryable_failure_requeues_until_attempts_run_out(db_settings: Settings
     assert jobs.fail(db_settings, second, "database blinked", retry=True) == "failed"
 
 
-@pytest.mark.parametrize("rounds", [25])
-def test_exactly_one_of_eight_claimants_wins(db_settings: Settings, rounds: int) -> None:
-    for _ in range(rounds):
+def claim_race(settings: Settings, job_id: int, claimants: int = 8) -> list[int]:
+    """`claimants` threads claim `job_id` at the same instant; returns who won."""
+    barrier = threading.Barrier(claimants)
+    wins: list[int] = []
+    errors: list[BaseException] = []
+
+    def claimant(n: int) -> None:
+        try:
+            barrier.wait()
+            if jobs.claim(settings, job_id, f"w{n}") is not None:
+                wins.append(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimant, args=(n,)) for n in range(claimants)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    return wins
+
+
+def test_exactly_one_of_eight_claimants_wins(db_settings: Settings) -> None:
+    for _ in range(25):
         job = jobs.submit(db_settings, kind="selftest")
-        barrier = threading.Barrier(8)
-        wins: list[int] = []
-        errors: list[BaseException] = []
-
-        def claimant(n: int, job_id: int = job.id) -> None:
-            try:
-                barrier.wait()
-                if jobs.claim(db_settings, job_id, f"w{n}") is not None:
-                    wins.append(n)
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=claimant, args=(n,)) for n in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        wins = claim_race(db_settings, job.id)
         assert len(wins) == 1
         assert jobs.get_job(db_settings, job.id).worker == f"w{wins[0]}"
 
@@ -206,7 +224,13 @@ def test_quotas(db_settings: Settings) -> None:
 def test_llm_spend_cap(db_settings: Settings) -> None:
     with session_scope(db_settings) as s:
         check_llm_budget(s, db_settings)
-        s.add(LLMUsage(model="gemma", prompt_tokens=10, completion_tokens=5,
-                       cost_usd=db_settings.llm_daily_spend_cap_usd))
+        s.add(
+            LLMUsage(
+                model="gemma",
+                prompt_tokens=10,
+                completion_tokens=5,
+                cost_usd=db_settings.llm_daily_spend_cap_usd,
+            )
+        )
     with session_scope(db_settings) as s, pytest.raises(LLMBudgetExceeded):
         check_llm_budget(s, db_settings)

@@ -29,9 +29,11 @@ def test_up_serves_http_and_stops_on_sigint(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DREAMBOT_")}
     env.update(DREAMBOT_WEB_PORT=str(port), DREAMBOT_HEARTBEAT_INTERVAL="0.5")
     log = (tmp_path / "up.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "up"], cwd=tmp_path, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "up"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
+
         def workers_online() -> list[str] | None:
             if proc.poll() is not None:
                 raise RuntimeError((tmp_path / "up.log").read_text())
@@ -50,7 +52,7 @@ def test_up_serves_http_and_stops_on_sigint(tmp_path: Path) -> None:
         assert len(family) >= 2
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
-        gone, alive = psutil.wait_procs(family, timeout=10)
+        _gone, alive = psutil.wait_procs(family, timeout=10)
         assert alive == [], f"orphans left behind: {alive}"
         assert "dreambot stopped" in (tmp_path / "up.log").read_text()
     finally:

@@ -90,3 +90,30 @@ def test_killed_worker_job_is_requeued_and_finished_by_another(fs_settings: Sett
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_doctor_reports_each_part(fs_settings: Settings, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers.profile import settings_env
+
+    env = settings_env(fs_settings)
+    env["DREAMBOT_LLM_BASE_URL"] = "http://127.0.0.1:9/v1"  # nothing listens: a warning, not a failure
+    doctor = [sys.executable, "-m", "bot.cli", "doctor", "--selftest-timeout", "90"]
+    before = subprocess.run(doctor, env=env, capture_output=True, text=True, timeout=120)
+    assert before.returncode == 1
+    assert "no worker is running" in before.stdout
+
+    worker = WorkerProcess(fs_settings, "train,sample", tmp_path)
+    try:
+        worker.wait_ready()
+        after = subprocess.run(doctor, env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        worker.stop()
+    lines = {line.split()[1]: line for line in after.stdout.splitlines() if line.strip()}
+    assert after.returncode == 0, after.stdout + after.stderr
+    for part in ("database", "broker", "storage", "workers"):
+        assert lines[part].startswith("ok"), lines[part]
+    assert lines["llm"].startswith("warn") and "DREAMBOT_LLM_BASE_URL" in lines["llm"]
+    assert "gpu" in lines and worker.name in lines["gpu"]  # the selftest ran on our worker
