@@ -42,3 +42,26 @@ def test_upgrade_twice_is_a_no_op(sqlite_settings: Settings) -> None:
     head = migrate.head_revision(sqlite_settings)
     assert migrate.upgrade(sqlite_settings) == head
     assert migrate.upgrade(sqlite_settings) == head
+
+
+def test_concurrent_upgrades_migrate_once(db_settings: Settings) -> None:
+    """Two hosts starting at once: the lock lets one migrate, the other finds it done."""
+    import threading
+
+    migrate.downgrade(db_settings, "base")
+    results: list[str | None] = []
+    errors: list[BaseException] = []
+
+    def upgrade() -> None:
+        try:
+            results.append(migrate.upgrade(db_settings))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results == [migrate.head_revision(db_settings)] * 2
