@@ -10,12 +10,15 @@ from typing import Annotated
 
 import typer
 
+from bot.dashboard.cli import admin_app, dashboard
 from core.errors import DreambotError, SchemaOutdated
 from core.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(help="dreambot: personalised Stable Diffusion in Discord and Slack.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
+app.command()(dashboard)
 
 
 def _settings() -> Settings:

@@ -1,12 +1,12 @@
-"""The bot process of `dreambot up`: migrations, workers, sweeper and the web server."""
+"""The bot process of `dreambot up`: migrations, workers, sweeper, adapters and the web server."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-import uvicorn
-
 from bot.launcher import Supervisor
+from bot.runtime import run_bot
 from bot.web.app import create_app
 from core import migrate
 from core.settings import Settings
@@ -26,15 +26,8 @@ def serve(settings: Settings, *, with_workers: bool = True) -> None:
             supervisor.start_worker("train")
             supervisor.start_worker("sample")
         sweeper.start()
-        config = uvicorn.Config(
-            create_app(settings),
-            host=settings.web_host,
-            port=settings.web_port,
-            log_level="info",
-            lifespan="on",
-        )
         log.info("web playground on http://%s:%s/", settings.web_host, settings.web_port)
-        uvicorn.Server(config).run()  # returns on SIGINT / SIGTERM
+        asyncio.run(run_bot(settings, create_app(settings)))
     except KeyboardInterrupt:  # uvicorn re-raises the signal after its own clean shutdown
         pass
     finally:

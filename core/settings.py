@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     discord_gateway_url: str | None = Field(
         None, description="Discord gateway websocket URL (default: asked from the API)"
     )
+    discord_message_content: bool = Field(
+        True,
+        description="ask for the privileged message-content intent (answer every message in the "
+        "bot's threads); without it, or when Discord refuses it, only mentions and DMs are answered",
+    )
+    discord_max_upload_bytes: int | None = Field(
+        None, gt=0, description="bytes of attachments per Discord message (default: the server's limit)"
+    )
     slack_bot_token: SecretStr | None = Field(
         None, description="Slack bot token xoxb-… (enables the Slack adapter)"
     )
@@ -109,6 +117,13 @@ class Settings(BaseSettings):
     slack_api_url: str = Field(
         "https://slack.com/api/", description="Slack Web API base URL (tests point it at a local fake)"
     )
+    slack_mode: Literal["socket", "http"] = Field(
+        "socket",
+        description="socket: Socket Mode (needs SLACK_APP_TOKEN, no public URL); "
+        "http: Slack POSTs to /slack/events (needs SLACK_SIGNING_SECRET)",
+    )
+    slack_http_host: str = Field("127.0.0.1", description="HTTP mode: address the Slack endpoint listens on")
+    slack_http_port: int = Field(3000, ge=0, le=65535, description="HTTP mode: port of the Slack endpoint")
 
     # -- diffusion ------------------------------------------------------------------------
     base_model: str = Field(
@@ -127,6 +142,7 @@ class Settings(BaseSettings):
     )
     lora_cache_bytes: int = Field(4 * 1024**3, ge=0, description="LoRA disk cache size limit in bytes")
     resident_adapters: int = Field(8, ge=1, description="LoRA adapters kept loaded in a sampling pipeline")
+    sample_fuse_lora: bool = Field(True, description="merge active LoRAs into the weights (faster steps)")
     sample_compile: bool = Field(False, description="torch.compile the UNet on GPU (slow first job)")
 
     # -- job lifecycle timings (seconds) ----------------------------------------------------

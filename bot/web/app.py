@@ -1,21 +1,23 @@
-"""The web server: playground at `/`, health at `/healthz` (admin dashboard mounts at /admin)."""
+"""The web server: the playground at `/`, health at `/healthz`, the admin dashboard at `/admin`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse
-from fastapi.templating import Jinja2Templates
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 
+from bot.dashboard import mount_dashboard
+from bot.platforms.web import WebPoster, playground_router
+from bot.service import ConversationService
 from core.db import session_scope
 from core.dbclock import db_now
 from core.models import Job, Worker
 from core.settings import Settings
 
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def health(settings: Settings) -> dict[str, Any]:
@@ -36,8 +38,10 @@ def create_app(settings: Settings) -> FastAPI:
     def healthz() -> dict[str, Any]:
         return health(settings)
 
-    @app.get("/", response_class=HTMLResponse)
-    def index(request: Request) -> HTMLResponse:
-        return TEMPLATES.TemplateResponse(request, "index.html", {"health": health(settings)})
+    # The playground at `/`: delivery posts to it through `app.state.poster`.
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(playground_router(settings, ConversationService(settings)))
+    app.state.poster = WebPoster()
 
+    mount_dashboard(app, settings)
     return app

@@ -78,8 +78,12 @@ def test_generated_session_secret_is_kept(tmp_path: Path) -> None:
 def test_cli_stops_with_one_line(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "DREAMBOT_DATABASE_URL": "nonsense", "HOME": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "db", "upgrade"], env=env, cwd=tmp_path,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "bot.cli", "db", "upgrade"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -1,0 +1,126 @@
+"""What a job card says: one pure function from a job's state to text, a preview and buttons.
+
+Every platform shows the same card (queued #2 → 37% with a preview → done), edited in place.
+Buttons carry `custom_id`s that are short keys into the database (`db:v:123` = variations of
+image 123), so they keep working after a restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Any
+
+BUTTON_PREFIX = "db"
+ACTIONS = {"v": "variations", "u": "upscale", "r": "reroll", "d": "delete"}
+
+
+@dataclass(frozen=True)
+class Button:
+    label: str
+    custom_id: str
+    style: str = "secondary"  # primary | secondary | danger
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """The fields of a job a card needs (read in one query by delivery)."""
+
+    id: int
+    kind: str
+    status: str
+    progress: dict[str, Any]
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    queue_position: int  # 1 = next; 0 when not queued
+    subject_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Card:
+    text: str
+    preview: bytes | None = None  # a small JPEG while running
+    done: bool = False
+    buttons: list[Button] = field(default_factory=list)
+
+
+def button_id(action: str, target_id: int) -> str:
+    return f"{BUTTON_PREFIX}:{action}:{target_id}"
+
+
+def parse_button_id(custom_id: str) -> tuple[str, int] | None:
+    """('variations', 123) for 'db:v:123'; None for anything else."""
+    parts = custom_id.split(":")
+    if len(parts) != 3 or parts[0] != BUTTON_PREFIX or parts[1] not in ACTIONS or not parts[2].isdigit():
+        return None
+    return ACTIONS[parts[1]], int(parts[2])
+
+
+def image_buttons(job_id: int, image_ids: list[int]) -> list[Button]:
+    """Per image: variations and upscale; per message: reroll and delete (≤ 22 for 10 images)."""
+    buttons: list[Button] = []
+    for n, image_id in enumerate(image_ids, start=1):
+        buttons.append(Button(f"V{n}", button_id("v", image_id)))
+        buttons.append(Button(f"U{n}", button_id("u", image_id)))
+    buttons.append(Button("🎲 Reroll", button_id("r", job_id), "primary"))
+    buttons.append(Button("🗑 Delete", button_id("d", job_id), "danger"))
+    return buttons
+
+
+def _title(job: JobSnapshot) -> str:
+    if job.kind == "train":
+        return f"🧠 Training {job.subject_name or 'your subject'}"
+    if job.kind == "sample":
+        n = int(job.params.get("n", 1))
+        what = "an upscale" if job.params.get("upscale_of") else f"{n} image{'s' * (n != 1)}"
+        prompt = str(job.params.get("prompt", ""))
+        short = prompt if len(prompt) <= 80 else prompt[:77] + "…"
+        return f"🎨 {what.capitalize()} of “{short}”" if short else f"🎨 {what.capitalize()}"
+    return f"🔧 {job.kind} #{job.id}"
+
+
+def _percent(progress: dict[str, Any]) -> int | None:
+    try:
+        step, total = int(progress["step"]), int(progress["total"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return max(0, min(100, round(100 * step / total))) if total > 0 else None
+
+
+def _preview(progress: dict[str, Any]) -> bytes | None:
+    raw = progress.get("preview")
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        return base64.b64decode(raw.split(",", 1)[-1], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def render_card(job: JobSnapshot) -> Card:
+    title = _title(job)
+    if job.status == "queued":
+        place = f"queued #{job.queue_position}" if job.queue_position else "queued"
+        return Card(f"{title} — {place}")
+    if job.status == "running":
+        pct = _percent(job.progress)
+        phase = job.progress.get("phase")
+        detail = f"{pct}%" if pct is not None else "starting…"
+        if phase and job.kind == "train":
+            detail += f" ({str(phase).replace('_', ' ')})"
+        return Card(f"{title} — {detail}", preview=_preview(job.progress))
+    if job.status == "succeeded":
+        return Card(f"{title} — done ✅{_done_detail(job)}", done=True)
+    if job.status == "cancelled":
+        return Card(f"{title} — cancelled", done=True)
+    return Card(f"{title} — failed: {job.error or 'something went wrong'}", done=True)
+
+
+def _done_detail(job: JobSnapshot) -> str:
+    result = job.result or {}
+    if job.kind == "train":
+        return " Now just ask, e.g. “put my " + (job.subject_name or "subject") + " on the moon”."
+    blocked = int(result.get("blocked", 0) or 0)
+    return f" ({blocked} image{'s' * (blocked != 1)} held back by the safety filter)" if blocked else ""

@@ -1,0 +1,213 @@
+"""Admin accounts, the session cookie, CSRF tokens and login rate limiting.
+
+- Passwords: argon2id (argon2-cffi), rehashed on login when the parameters change.
+- Session: a cookie signed with `settings.session_secret_value()` (itsdangerous), scoped
+  to /admin, HttpOnly, SameSite=Lax, Secure when the request came over https, valid for
+  12 hours. It carries the username, a random session id and the CSRF token; logout
+  revokes the session id in this process and clears the cookie.
+- CSRF: every form carries `csrf_token`; a POST whose token does not match the session's
+  (or, for the login form, the signed pre-login cookie's) gets 403.
+- Rate limit: 5 failed logins per client address or per username within 5 minutes lock
+  further attempts out (429) until the window passes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Annotated
+from urllib.parse import quote
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from fastapi import Depends, HTTPException, Request
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import select, update
+
+from core.db import session_scope
+from core.dbclock import db_now
+from core.models import AdminAccount
+from core.settings import Settings
+
+SESSION_COOKIE = "dreambot_admin"
+LOGIN_CSRF_COOKIE = "dreambot_admin_login"
+COOKIE_PATH = "/admin"
+SESSION_MAX_AGE = 12 * 3600
+USERNAME_MAX = 64
+
+_hasher = PasswordHasher()
+# Verified against when the username is unknown, so both paths cost one argon2 check.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class AccountError(ValueError):
+    """Creating an admin account failed; the message says why."""
+
+
+def create_admin(settings: Settings, username: str, password: str) -> None:
+    """Add an admin account. Refuses a taken name, an odd name or a short password."""
+    username = username.strip()
+    if not username or len(username) > USERNAME_MAX or not username.isprintable() or " " in username:
+        raise AccountError(f"An admin name needs 1–{USERNAME_MAX} printable characters and no spaces.")
+    if len(password) < 10:
+        raise AccountError("Choose a password of at least 10 characters.")
+    with session_scope(settings) as session:
+        if session.scalar(select(AdminAccount.id).where(AdminAccount.username == username)):
+            raise AccountError(f"An admin named {username!r} already exists.")
+        session.add(AdminAccount(username=username, password_hash=_hasher.hash(password)))
+
+
+def authenticate(settings: Settings, username: str, password: str) -> bool:
+    """True when the password is right; records the login time (database clock)."""
+    with session_scope(settings) as session:
+        account = session.scalar(select(AdminAccount).where(AdminAccount.username == username))
+        stored = account.password_hash if account else _DUMMY_HASH
+        try:
+            _hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
+        if account is None:
+            return False
+        values: dict[str, object] = {"last_login_at": db_now()}
+        if _hasher.check_needs_rehash(stored):
+            values["password_hash"] = _hasher.hash(password)
+        session.execute(update(AdminAccount).where(AdminAccount.id == account.id).values(**values))
+        return True
+
+
+def account_exists(settings: Settings, username: str) -> bool:
+    with session_scope(settings) as session:
+        return session.scalar(select(AdminAccount.id).where(AdminAccount.username == username)) is not None
+
+
+# -- rate limiting --------------------------------------------------------------------
+
+
+class LoginLimiter:
+    """Failed login attempts per key in a sliding window (in memory, per process)."""
+
+    def __init__(self, max_failures: int = 5, window_seconds: float = 300.0) -> None:
+        self.max_failures = max_failures
+        self.window = window_seconds
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        times = self._failures.setdefault(key, deque())
+        while times and now - times[0] > self.window:
+            times.popleft()
+        return times
+
+    def retry_after(self, *keys: str) -> int:
+        """Seconds until another attempt is allowed for all `keys` (0: allowed now)."""
+        now = time.monotonic()
+        wait = 0.0
+        with self._lock:
+            for key in keys:
+                times = self._recent(key, now)
+                if len(times) >= self.max_failures:
+                    wait = max(wait, self.window - (now - times[0]))
+        return int(wait) + 1 if wait else 0
+
+    def failed(self, *keys: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._recent(key, now).append(now)
+
+    def succeeded(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)
+
+
+# -- the dashboard's per-app state ------------------------------------------------------
+
+
+@dataclass
+class DashboardState:
+    settings: Settings
+    limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    revoked: set[str] = field(default_factory=set)
+
+    def serializer(self, purpose: str) -> URLSafeTimedSerializer:
+        return URLSafeTimedSerializer(self.settings.session_secret_value(), salt=f"dreambot-admin-{purpose}")
+
+
+def state_of(request: Request) -> DashboardState:
+    return request.app.state.dashboard
+
+
+@dataclass(frozen=True)
+class AdminSession:
+    username: str
+    session_id: str
+    csrf_token: str
+
+
+def new_session_cookie(state: DashboardState, username: str) -> str:
+    data = {"u": username, "sid": secrets.token_urlsafe(16), "csrf": secrets.token_urlsafe(24)}
+    return state.serializer("session").dumps(data)
+
+
+def read_session(request: Request) -> AdminSession | None:
+    state = state_of(request)
+    raw = request.cookies.get(SESSION_COOKIE)
+    if not raw:
+        return None
+    try:
+        data = state.serializer("session").loads(raw, max_age=SESSION_MAX_AGE)
+    except BadSignature:
+        return None
+    if not isinstance(data, dict) or data.get("sid") in state.revoked:
+        return None
+    session = AdminSession(username=str(data["u"]), session_id=str(data["sid"]), csrf_token=str(data["csrf"]))
+    # A deleted account loses its sessions at once.
+    return session if account_exists(state.settings, session.username) else None
+
+
+def cookie_options(request: Request, max_age: int | None) -> dict[str, object]:
+    return {
+        "httponly": True,
+        "samesite": "lax",
+        "secure": request.url.scheme == "https",
+        "path": COOKIE_PATH,
+        "max_age": max_age,
+    }
+
+
+def tokens_match(expected: str, given: str | None) -> bool:
+    return bool(expected) and given is not None and hmac.compare_digest(expected, given)
+
+
+def require_admin(request: Request) -> AdminSession:
+    """Pages: redirect to the login page without a session. API: 401."""
+    session = read_session(request)
+    if session is not None:
+        return session
+    if request.url.path.startswith("/admin/api/"):
+        raise HTTPException(401, "log in at /admin/login first")
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    raise HTTPException(303, "log in first", headers={"Location": f"/admin/login?next={_quote(target)}"})
+
+
+async def require_admin_post(request: Request) -> AdminSession:
+    """A state-changing request: a session *and* the form's CSRF token (else 403)."""
+    session = require_admin(request)
+    form = await request.form()
+    token = form.get("csrf_token")
+    if not tokens_match(session.csrf_token, token if isinstance(token, str) else None):
+        raise HTTPException(403, "This form has expired or did not come from the dashboard; reload the page.")
+    return session
+
+
+def _quote(path: str) -> str:
+    return quote(path, safe="/")
+
+
+Admin = Annotated[AdminSession, Depends(require_admin)]
+AdminPost = Annotated[AdminSession, Depends(require_admin_post)]

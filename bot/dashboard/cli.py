@@ -1,0 +1,94 @@
+"""`dreambot admin create NAME` and `dreambot dashboard` (the dashboard on its own)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+admin_app = typer.Typer(help="Admin accounts for the dashboard.", no_args_is_help=True)
+
+
+def _settings() -> Settings:
+    from bot.cli import _settings as load
+
+    return load()
+
+
+@admin_app.command("create")
+def admin_create(
+    name: Annotated[str, typer.Argument(help="the admin's login name")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from standard input (one line)")
+    ] = False,
+) -> None:
+    """Create a dashboard admin; the password is asked for (twice) unless --password-stdin."""
+    from bot.dashboard.auth import AccountError, create_admin
+    from core import migrate
+    from core.errors import SchemaOutdated
+
+    settings = _settings()
+    try:
+        migrate.check_schema(settings)
+    except SchemaOutdated as exc:
+        typer.secho(f"dreambot: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        create_admin(settings, name, password)
+    except AccountError as exc:
+        typer.secho(f"dreambot: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"admin {name!r} created; log in at http://{settings.web_host}:{settings.web_port}/admin/")
+
+
+@admin_app.command("console-role-sql")
+def console_role_sql(
+    role: Annotated[str, typer.Option(help="name of the read-only role")] = "dreambot_console",
+    schema: Annotated[
+        str | None, typer.Option(help="schema (default DREAMBOT_DATABASE_SCHEMA or public)")
+    ] = None,
+) -> None:
+    """Print the SQL that creates a read-only PostgreSQL role for the SQL console."""
+    from bot.dashboard.pgrole import readonly_role_sql
+
+    typer.echo(readonly_role_sql(role, schema or _settings().database_schema or "public"), nl=False)
+
+
+def dashboard(
+    host: Annotated[str | None, typer.Option(help="address to listen on (default DREAMBOT_WEB_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default DREAMBOT_WEB_PORT)")] = None,
+) -> None:
+    """Serve only the admin dashboard (no bot, no workers) at /admin."""
+    import uvicorn
+
+    from bot.dashboard import create_dashboard_app
+    from core import migrate
+    from core.errors import SchemaOutdated
+    from core.settings import LOOPBACK_HOSTS
+
+    settings = _settings()
+    try:
+        migrate.check_schema(settings)
+    except SchemaOutdated as exc:
+        typer.secho(f"dreambot: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    host = host or settings.web_host
+    port = settings.web_port if port is None else port
+    secret = settings.session_secret.get_secret_value() if settings.session_secret else ""
+    if host not in LOOPBACK_HOSTS and len(secret) < 32:
+        typer.secho(
+            f"dreambot: DREAMBOT_SESSION_SECRET needs at least 32 random characters to serve on {host}",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    typer.echo(f"dreambot dashboard on http://{host}:{port}/admin/")
+    uvicorn.run(create_dashboard_app(settings), host=host, port=port, log_level="info", proxy_headers=True)

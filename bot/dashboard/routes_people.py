@@ -1,0 +1,249 @@
+"""People (quotas, block), subjects (photos, samples, delete), the image gallery, files, audit log."""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import delete, desc, func, or_, select, update
+
+from bot.dashboard import audit
+from bot.dashboard.auth import Admin, AdminPost, state_of
+from bot.dashboard.web import SECURITY_HEADERS, back, page_of, render
+from core import quotas
+from core.db import session_scope
+from core.errors import NotFound, StorageKeyError
+from core.models import ACTIVE_STATES, AuditLog, Image, Job, Photo, Subject, User, job_subjects
+from core.storage import storage_from_settings
+
+router = APIRouter()
+QUOTA_FIELDS = ("max_concurrent_jobs", "trainings_per_day", "images_per_day")
+
+
+@router.get("/people", response_class=HTMLResponse)
+def people(request: Request, admin: Admin) -> HTMLResponse:
+    settings = state_of(request).settings
+    search = request.query_params.get("q", "").strip()
+    stmt = select(User)
+    if search:
+        like = f"%{search}%"
+        stmt = stmt.where(or_(User.display_name.ilike(like), User.platform_user_id.ilike(like)))
+    with session_scope(settings) as session:
+        total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+        page = page_of(request, total)
+        users = list(session.scalars(stmt.order_by(User.id).offset(page.offset).limit(page.size)))
+        ids = [u.id for u in users]
+        counts = dict(
+            session.execute(
+                select(Job.owner_id, func.count()).where(Job.owner_id.in_(ids)).group_by(Job.owner_id)
+            ).all()
+        )
+    return render(request, "people.html", admin, users=users, counts=counts, page=page, q=search)
+
+
+@router.get("/people/{user_id}", response_class=HTMLResponse)
+def person(request: Request, user_id: int, admin: Admin) -> HTMLResponse:
+    settings = state_of(request).settings
+    with session_scope(settings) as session:
+        user = session.get(User, user_id)
+        if user is None:
+            raise HTTPException(404, f"There is no person #{user_id}.")
+        usage = quotas.usage(session, settings, user)
+        subjects = list(
+            session.scalars(select(Subject).where(Subject.owner_id == user_id).order_by(Subject.id))
+        )
+        jobs = list(
+            session.scalars(select(Job).where(Job.owner_id == user_id).order_by(desc(Job.id)).limit(20))
+        )
+    defaults = {f: getattr(settings, f) for f in QUOTA_FIELDS}
+    return render(
+        request, "person.html", admin, user=user, usage=usage, subjects=subjects, jobs=jobs, defaults=defaults
+    )
+
+
+def _quota_value(raw: Any, name: str) -> int | None:
+    text = str(raw or "").strip()
+    if not text:
+        return None  # blank: the deployment default
+    if not text.isdigit() or int(text) > 1_000_000:
+        raise ValueError(f"{name.replace('_', ' ')} must be a whole number from 0 to 1000000, or blank")
+    return int(text)
+
+
+@router.post("/people/{user_id}/quotas")
+async def person_quotas(request: Request, user_id: int, admin: AdminPost) -> Response:
+    settings = state_of(request).settings
+    form = await request.form()
+    try:
+        values = {f: _quota_value(form.get(f), f) for f in QUOTA_FIELDS}
+    except ValueError as exc:
+        return back(f"/admin/people/{user_id}", err=str(exc).capitalize() + ".")
+    with session_scope(settings) as session:
+        if session.execute(update(User).where(User.id == user_id).values(**values)).rowcount != 1:
+            raise HTTPException(404, f"There is no person #{user_id}.")
+    audit.record(settings, admin.username, "person.quotas", f"user:{user_id}", **values)
+    return back(f"/admin/people/{user_id}", msg="Quotas saved.")
+
+
+@router.post("/people/{user_id}/block")
+async def person_block(request: Request, user_id: int, admin: AdminPost) -> Response:
+    settings = state_of(request).settings
+    blocked = (await request.form()).get("blocked") == "1"
+    with session_scope(settings) as session:
+        if session.execute(update(User).where(User.id == user_id).values(is_blocked=blocked)).rowcount != 1:
+            raise HTTPException(404, f"There is no person #{user_id}.")
+    audit.record(settings, admin.username, "person.block" if blocked else "person.unblock", f"user:{user_id}")
+    return back(f"/admin/people/{user_id}", msg="Blocked." if blocked else "Unblocked.")
+
+
+@router.get("/subjects", response_class=HTMLResponse)
+def subjects(request: Request, admin: Admin) -> HTMLResponse:
+    settings = state_of(request).settings
+    with session_scope(settings) as session:
+        total = session.scalar(select(func.count(Subject.id))) or 0
+        page = page_of(request, total)
+        rows = session.execute(
+            select(Subject, User.display_name, func.count(Photo.id))
+            .join(User, User.id == Subject.owner_id)
+            .outerjoin(Photo, Photo.subject_id == Subject.id)
+            .group_by(Subject.id, User.display_name)
+            .order_by(desc(Subject.id))
+            .offset(page.offset)
+            .limit(page.size)
+        ).all()
+    return render(request, "subjects.html", admin, rows=rows, page=page)
+
+
+def _samples_of(session: Any, subject_id: int, limit: int = 60) -> list[Image]:
+    uses = select(job_subjects.c.job_id).where(job_subjects.c.subject_id == subject_id)
+    return list(
+        session.scalars(
+            select(Image)
+            .join(Job, Job.id == Image.job_id)
+            .where(or_(Job.subject_id == subject_id, Job.id.in_(uses)))
+            .order_by(desc(Image.id))
+            .limit(limit)
+        )
+    )
+
+
+@router.get("/subjects/{subject_id}", response_class=HTMLResponse)
+def subject(request: Request, subject_id: int, admin: Admin) -> HTMLResponse:
+    settings = state_of(request).settings
+    with session_scope(settings) as session:
+        subj = session.get(Subject, subject_id)
+        if subj is None:
+            raise HTTPException(404, f"There is no subject #{subject_id}.")
+        owner = session.get(User, subj.owner_id)
+        photos = list(session.scalars(select(Photo).where(Photo.subject_id == subject_id).order_by(Photo.id)))
+        samples = _samples_of(session, subject_id)
+    return render(request, "subject.html", admin, subject=subj, owner=owner, photos=photos, samples=samples)
+
+
+@router.post("/subjects/{subject_id}/delete")
+def subject_delete(request: Request, subject_id: int, admin: AdminPost) -> Response:
+    """Delete a subject, its photos and its trained weights (database and storage).
+
+    Refused while a job that uses it is queued or running. Images already delivered
+    stay (they belong to their jobs and conversations).
+    """
+    settings = state_of(request).settings
+    storage = storage_from_settings(settings)
+    with session_scope(settings) as session:
+        subj = session.get(Subject, subject_id)
+        if subj is None:
+            raise HTTPException(404, f"There is no subject #{subject_id}.")
+        uses = select(job_subjects.c.job_id).where(job_subjects.c.subject_id == subject_id)
+        busy = session.scalar(
+            select(func.count()).where(
+                Job.status.in_(ACTIVE_STATES), or_(Job.subject_id == subject_id, Job.id.in_(uses))
+            )
+        )
+        if busy:
+            return back(f"/admin/subjects/{subject_id}", err=f"{busy} job(s) using it are still active.")
+        keys = [p.storage_key for p in session.scalars(select(Photo).where(Photo.subject_id == subject_id))]
+        keys += [subj.artifact_key] if subj.artifact_key else []
+        name, owner_id = subj.name, subj.owner_id
+        session.execute(delete(Subject).where(Subject.id == subject_id))
+    # Rows first, then blobs: a crash in between leaves orphan files, never a row
+    # pointing at a missing file.
+    removed = sum(1 for key in keys if _delete_quietly(storage, key))
+    removed += storage.delete_prefix(f"subjects/{subject_id}/")
+    audit.record(
+        settings,
+        admin.username,
+        "subject.delete",
+        f"subject:{subject_id}",
+        name=name,
+        owner_id=owner_id,
+        files_removed=removed,
+    )
+    return back("/admin/subjects", msg=f"Deleted subject {name!r} and {removed} stored file(s).")
+
+
+def _delete_quietly(storage: Any, key: str) -> bool:
+    try:
+        return bool(storage.delete(key))
+    except StorageKeyError:
+        return False
+
+
+@router.get("/images", response_class=HTMLResponse)
+def gallery(request: Request, admin: Admin) -> HTMLResponse:
+    settings = state_of(request).settings
+    with session_scope(settings) as session:
+        total = session.scalar(select(func.count(Image.id))) or 0
+        page = page_of(request, total, size=48)
+        images = list(
+            session.scalars(select(Image).order_by(desc(Image.id)).offset(page.offset).limit(page.size))
+        )
+    return render(request, "images.html", admin, images=images, page=page)
+
+
+def _file_response(settings: Any, key: str) -> Response:
+    try:
+        data = storage_from_settings(settings).read_bytes(key)
+    except (NotFound, StorageKeyError):
+        raise HTTPException(404, "That file is no longer in storage.") from None
+    media = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    if not media.startswith("image/") or media == "image/svg+xml":
+        media = "application/octet-stream"  # never render stored bytes as a page
+    return Response(data, media_type=media, headers=SECURITY_HEADERS)
+
+
+@router.get("/files/image/{image_id}")
+def image_file(request: Request, image_id: int, admin: Admin) -> Response:
+    settings = state_of(request).settings
+    with session_scope(settings) as session:
+        key = session.scalar(select(Image.storage_key).where(Image.id == image_id))
+    if key is None:
+        raise HTTPException(404, f"There is no image #{image_id}.")
+    return _file_response(settings, key)
+
+
+@router.get("/files/photo/{photo_id}")
+def photo_file(request: Request, photo_id: int, admin: Admin) -> Response:
+    settings = state_of(request).settings
+    with session_scope(settings) as session:
+        key = session.scalar(select(Photo.storage_key).where(Photo.id == photo_id))
+    if key is None:
+        raise HTTPException(404, f"There is no photo #{photo_id}.")
+    return _file_response(settings, key)
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_log(request: Request, admin: Admin) -> HTMLResponse:
+    settings = state_of(request).settings
+    actor, action = request.query_params.get("actor", ""), request.query_params.get("action", "")
+    stmt = select(AuditLog)
+    if actor:
+        stmt = stmt.where(AuditLog.actor == actor)
+    if action:
+        stmt = stmt.where(AuditLog.action.like(f"{action}%"))
+    with session_scope(settings) as session:
+        total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+        page = page_of(request, total)
+        rows = list(session.scalars(stmt.order_by(desc(AuditLog.id)).offset(page.offset).limit(page.size)))
+    return render(request, "audit.html", admin, rows=rows, page=page, actor=actor, action=action)

@@ -1,0 +1,96 @@
+"""Rendering helpers shared by the dashboard's pages: templates, headers, redirects, paging."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from bot.dashboard.auth import AdminSession
+
+HERE = Path(__file__).parent
+TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))  # autoescapes HTML
+
+# Pages load scripts and styles from /admin/static only; no inline script runs (the
+# chart data travels in <script type="application/json">, which is not executed).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(sep=" ", timespec="seconds") if value else "—"
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+
+
+TEMPLATES.env.filters["when"] = _when
+TEMPLATES.env.filters["pretty"] = _pretty
+
+
+def render(
+    request: Request, template: str, admin: AdminSession | None, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    context.update(
+        admin=admin,
+        csrf_token=admin.csrf_token if admin else context.get("csrf_token", ""),
+        msg=request.query_params.get("msg"),
+        err=context.get("err") or request.query_params.get("err"),
+    )
+    response = TEMPLATES.TemplateResponse(request, template, context, status_code=status_code)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def back(path: str, *, msg: str | None = None, err: str | None = None) -> RedirectResponse:
+    """Post/redirect/get: back to `path` with a one-line message."""
+    query = urlencode({k: v for k, v in (("msg", msg), ("err", err)) if v})
+    return RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
+
+
+@dataclass(frozen=True)
+class Page:
+    number: int
+    size: int
+    total: int
+
+    @property
+    def offset(self) -> int:
+        return (self.number - 1) * self.size
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.size))
+
+    def link(self, request: Request, number: int) -> str:
+        params = dict(request.query_params)
+        params.pop("msg", None)
+        params.pop("err", None)
+        params["page"] = str(number)
+        return f"{request.url.path}?{urlencode(params)}"
+
+
+def page_of(request: Request, total: int, size: int = 50) -> Page:
+    try:
+        number = int(request.query_params.get("page", "1"))
+    except ValueError:
+        number = 1
+    pages = max(1, math.ceil(total / size))
+    return Page(number=min(max(1, number), pages), size=size, total=total)

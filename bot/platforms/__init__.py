@@ -1,0 +1,1 @@
+"""Platform adapters: each converts platform events to service calls and replies back."""

@@ -1,0 +1,271 @@
+"""The web playground: a chat page at `/` for trying dreambot without Discord or Slack.
+
+Each browser is its own person (a random id in a signed cookie). Bound to anything but
+loopback it asks for an admin login first. Like the other adapters it only converts:
+form posts become `ConversationService` calls, and the page's live timeline (Server-Sent
+Events) is read from the database: the person's messages, job cards and images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import select
+
+from bot.cards import JobSnapshot, image_buttons, render_card
+from bot.delivery import OutMessage, Target
+from bot.service import ConversationService, Origin, Reply, Upload
+from core.db import session_scope
+from core.models import Conversation, ConversationMessage, Image, Job, Subject, User
+from core.settings import LOOPBACK_HOSTS, Settings
+from core.storage import storage_from_settings
+
+COOKIE = "dreambot_web"
+PLATFORM = "web"
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "web" / "templates"))
+STREAM_INTERVAL = 0.5
+MAX_FILES = 10
+
+
+class WebPoster:
+    """Delivery for the playground: the page reads the database itself, so posting is
+    recording that the item is visible, and every nonce is already 'found'."""
+
+    async def post(self, target: Target, message: OutMessage, nonce: str) -> str:
+        return f"web-{nonce}"
+
+    async def edit(self, target: Target, message_id: str, message: OutMessage) -> None:
+        return None
+
+    async def find(self, target: Target, nonce: str) -> str | None:
+        return f"web-{nonce}"
+
+
+def _visitor(request: Request, settings: Settings) -> str:
+    """The browser's person id from its signed cookie ('' when it has none yet)."""
+    raw = request.cookies.get(COOKIE, "")
+    try:
+        return str(URLSafeSerializer(settings.session_secret_value(), salt="playground").loads(raw))
+    except BadSignature:
+        return ""
+
+
+def _require_login(request: Request, settings: Settings) -> None:
+    """Off loopback the playground is for logged-in admins only."""
+    if settings.web_host in LOOPBACK_HOSTS:
+        return
+    from bot.dashboard.auth import read_session
+
+    if read_session(request) is None:
+        raise HTTPException(303, "log in first", headers={"Location": "/admin/login?next=/"})
+
+
+def _origin(visitor: str, event_id: str = "") -> Origin:
+    return Origin(PLATFORM, visitor, "web visitor", channel_id=visitor, event_id=event_id)
+
+
+async def _uploads(files: list[UploadFile] | None) -> list[Upload]:
+    files = files or []
+    if len(files) > MAX_FILES:
+        raise HTTPException(413, f"Send at most {MAX_FILES} files at once.")
+    return [Upload(f.filename or "upload", await f.read()) for f in files if f.filename]
+
+
+def _reply(reply: Reply) -> JSONResponse:
+    return JSONResponse(
+        {
+            "text": reply.text,
+            "job_ids": reply.job_ids,
+            "duplicate": reply.duplicate,
+            "recorded": reply.recorded,
+        }
+    )
+
+
+def current_visitor(request: Request) -> str:
+    """The person behind this request (a dependency of every /api route)."""
+    settings: Settings = request.app.state.settings
+    _require_login(request, settings)
+    who = _visitor(request, settings)
+    if not who:
+        raise HTTPException(400, "Reload the page to start a session.")
+    return who
+
+
+Visitor = Annotated[str, Depends(current_visitor)]
+
+
+def playground_router(settings: Settings, service: ConversationService) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", response_class=HTMLResponse)
+    def page(request: Request) -> HTMLResponse:
+        _require_login(request, settings)
+        response = TEMPLATES.TemplateResponse(request, "playground.html", {})
+        if not _visitor(request, settings):
+            token = URLSafeSerializer(settings.session_secret_value(), salt="playground").dumps(
+                secrets.token_hex(8)
+            )
+            response.set_cookie(
+                COOKIE,
+                token,
+                httponly=True,
+                samesite="lax",
+                max_age=365 * 24 * 3600,
+                secure=request.url.scheme == "https",
+            )
+        return response
+
+    @router.post("/api/chat")
+    async def chat(
+        who: Visitor,
+        text: Annotated[str, Form()] = "",
+        event_id: Annotated[str, Form()] = "",
+        files: Annotated[list[UploadFile] | None, File()] = None,
+    ) -> JSONResponse:
+        return _reply(await service.chat(_origin(who, event_id), text, await _uploads(files)))
+
+    @router.post("/api/train")
+    async def train(
+        who: Visitor,
+        name: Annotated[str, Form()],
+        class_noun: Annotated[str, Form()] = "",
+        event_id: Annotated[str, Form()] = "",
+        files: Annotated[list[UploadFile] | None, File()] = None,
+    ) -> JSONResponse:
+        return _reply(await service.train(_origin(who, event_id), name, class_noun, await _uploads(files)))
+
+    @router.post("/api/imagine")
+    async def imagine(
+        who: Visitor,
+        prompt: Annotated[str, Form()],
+        n: Annotated[int, Form()] = 4,
+        event_id: Annotated[str, Form()] = "",
+    ) -> JSONResponse:
+        return _reply(await service.imagine(_origin(who, event_id), prompt, max(1, min(n, 8))))
+
+    @router.post("/api/press")
+    async def press(
+        who: Visitor, custom_id: Annotated[str, Form()], event_id: Annotated[str, Form()] = ""
+    ) -> JSONResponse:
+        return _reply(await service.press(_origin(who, event_id), custom_id))
+
+    @router.get("/api/feed")
+    async def feed(who: Visitor) -> JSONResponse:
+        return JSONResponse(await asyncio.to_thread(timeline, settings, who))
+
+    @router.get("/api/events")
+    async def events(who: Visitor, request: Request) -> StreamingResponse:
+        return StreamingResponse(_stream(settings, who, request), media_type="text/event-stream")
+
+    @router.get("/api/images/{image_id}")
+    def image(who: Visitor, image_id: int) -> Response:
+        with session_scope(settings) as s:
+            row = s.execute(
+                select(Image.storage_key)
+                .join(Job, Job.id == Image.job_id)
+                .join(User, User.id == Job.owner_id)
+                .where(Image.id == image_id, User.platform == PLATFORM, User.platform_user_id == who)
+            ).first()
+        if row is None:
+            raise HTTPException(404, "No such image.")
+        data = storage_from_settings(settings).read_bytes(row[0])
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+    return router
+
+
+async def _stream(settings: Settings, who: str, request: Request) -> AsyncIterator[str]:
+    """Send the timeline whenever it changes (cards move, images land)."""
+    last = ""
+    while not await request.is_disconnected():
+        snapshot = json.dumps(await asyncio.to_thread(timeline, settings, who))
+        if snapshot != last:
+            last = snapshot
+            yield f"data: {snapshot}\n\n"
+        await asyncio.sleep(STREAM_INTERVAL)
+
+
+def timeline(settings: Settings, who: str) -> dict[str, Any]:
+    """The visitor's conversation: messages and job cards (with images), oldest first."""
+    with session_scope(settings) as s:
+        conv = s.scalar(
+            select(Conversation).where(
+                Conversation.platform == PLATFORM,
+                Conversation.channel_id == who,
+                Conversation.thread_id == "",
+            )
+        )
+        if conv is None:
+            return {"items": []}
+        messages = s.scalars(
+            select(ConversationMessage)
+            .where(
+                ConversationMessage.conversation_id == conv.id,
+                ConversationMessage.role.in_(("user", "assistant")),
+            )
+            .order_by(ConversationMessage.id)
+        )
+        items: list[dict[str, Any]] = [
+            {"type": "message", "role": m.role, "text": m.content, "at": m.created_at.isoformat()}
+            for m in messages
+            if m.content.strip()
+        ]
+        for job in s.scalars(select(Job).where(Job.conversation_id == conv.id).order_by(Job.id)):
+            items.append(_job_item(s, job))
+    items.sort(key=lambda item: item["at"])
+    return {"items": items}
+
+
+def _job_item(session: Any, job: Job) -> dict[str, Any]:
+    subject = session.get(Subject, job.subject_id) if job.subject_id else None
+    position = 0
+    if job.status == "queued":
+        position = 1 + len(
+            list(
+                session.scalars(
+                    select(Job.id).where(Job.queue == job.queue, Job.status == "queued", Job.id < job.id)
+                )
+            )
+        )
+    card = render_card(
+        JobSnapshot(
+            job.id,
+            job.kind,
+            job.status,
+            dict(job.progress or {}),
+            dict(job.params or {}),
+            job.result,
+            job.error,
+            position,
+            subject.name if subject else None,
+        )
+    )
+    progress = job.progress or {}
+    percent = None
+    if job.status == "running" and progress.get("total"):
+        percent = round(100 * int(progress.get("step", 0)) / max(1, int(progress["total"])))
+    image_ids = [i.id for i in sorted(job.images, key=lambda i: i.id)] if job.status == "succeeded" else []
+    return {
+        "type": "job",
+        "id": job.id,
+        "status": job.status,
+        "text": card.text,
+        "percent": percent,
+        "preview": f"data:image/jpeg;base64,{base64.b64encode(card.preview).decode()}"
+        if card.preview
+        else None,
+        "images": [f"/api/images/{i}" for i in image_ids],
+        "buttons": [b.__dict__ for b in image_buttons(job.id, image_ids)] if image_ids else [],
+        "at": job.created_at.isoformat(),
+    }

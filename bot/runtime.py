@@ -1,0 +1,70 @@
+"""The bot process's asyncio side: adapters, delivery and the web server in one loop.
+
+Each platform adapter is started when its settings are present (Discord token, Slack
+tokens); the web playground always runs. Stopping sets one event; everything winds down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+import uvicorn
+
+from bot.delivery import Delivery, Poster
+from bot.service import ConversationService
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Adapter(Protocol):
+    """A chat platform: converts its events into service calls and posts for delivery."""
+
+    platform: str
+    poster: Poster
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect and serve until `stop` is set, then disconnect."""
+
+
+def build_adapters(settings: Settings, service: ConversationService) -> list[Adapter]:
+    adapters: list[Adapter] = []
+    if settings.discord_token is not None:
+        from bot.platforms.discord import DiscordAdapter
+
+        adapters.append(DiscordAdapter(settings, service))
+    if settings.slack_bot_token is not None:
+        from bot.platforms.slack import SlackAdapter
+
+        adapters.append(SlackAdapter(settings, service))
+    return adapters
+
+
+async def run_bot(settings: Settings, web_app: object, stop: asyncio.Event | None = None) -> None:
+    """Serve `web_app` with uvicorn beside every configured adapter and delivery until stopped."""
+    stop = stop or asyncio.Event()
+    service = ConversationService(settings)
+    adapters = build_adapters(settings, service)
+    posters: dict[str, Poster] = {a.platform: a.poster for a in adapters}
+    web_poster = getattr(web_app, "state", None) and getattr(web_app.state, "poster", None)
+    if web_poster is not None:
+        posters["web"] = web_poster
+    delivery = Delivery(settings, posters)
+    config = uvicorn.Config(web_app, host=settings.web_host, port=settings.web_port, log_level="info")  # type: ignore[arg-type]
+    server = uvicorn.Server(config)
+    tasks = [
+        asyncio.create_task(server.serve(), name="web"),
+        asyncio.create_task(delivery.run(stop), name="delivery"),
+    ]
+    tasks += [asyncio.create_task(a.run(stop), name=a.platform) for a in adapters]
+    for adapter in adapters:
+        log.info("%s adapter started", adapter.platform)
+    try:
+        # The web server ends on SIGINT/SIGTERM (uvicorn handles them): then stop the rest.
+        await tasks[0]
+    finally:
+        stop.set()
+        server.should_exit = True
+        await asyncio.gather(*tasks[1:], return_exceptions=True)

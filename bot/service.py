@@ -1,0 +1,304 @@
+"""The conversation service: what people can do, whatever platform they speak on.
+
+Platform adapters (Discord, Slack, the web playground) only convert: a platform event
+becomes a call here with an `Origin` (who, where, which event) and downloaded `Upload`s,
+and the returned `Reply` becomes a platform message. Job cards and results are posted
+later by delivery from the database, never from here.
+
+Every call records its platform event first: a redelivered event (Slack retries, a
+double click) returns `Reply(duplicate=True)` and does nothing. Errors a person should
+read come back as the reply's text; nothing here raises `UserFacingError` to adapters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from agent import tools as agent_tools
+from agent.loop import handle_message
+from bot.cards import parse_button_id
+from core import jobs, quotas
+from core.db import get_engine, session_scope
+from core.dbclock import db_now
+from core.errors import UserFacingError
+from core.models import Conversation, Job, PlatformEvent, Subject, User
+from core.settings import Settings
+from core.subjects import start_training
+
+INTERACTION_LIFETIME = timedelta(minutes=15)
+MAX_UPLOAD_BYTES = 40 * 1024 * 1024  # larger files are refused before decoding
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who spoke, where, and which platform event it was."""
+
+    platform: str  # discord | slack | web
+    user_id: str
+    display_name: str
+    channel_id: str
+    thread_id: str = ""
+    event_id: str = ""  # the platform's id for this event; side effects key on it
+    interaction_token: str | None = None  # Discord: follow-ups for 15 minutes
+
+    @property
+    def event_key(self) -> str | None:
+        return f"{self.platform}:{self.event_id}" if self.event_id else None
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    data: bytes
+
+
+@dataclass
+class Reply:
+    text: str
+    job_ids: list[int] = field(default_factory=list)
+    ephemeral: bool = False  # only the speaker sees it (where the platform can)
+    duplicate: bool = False  # this event was handled before: post nothing
+    delete_job_id: int | None = None  # "delete" pressed: remove that job's result message
+    recorded: bool = False  # the agent kept this exchange in the conversation history
+
+
+class ConversationService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # -- commands -----------------------------------------------------------------------
+
+    async def train(self, origin: Origin, name: str, class_noun: str, uploads: list[Upload]) -> Reply:
+        """`/train`: check the photos, create the subject and queue its training."""
+        return await self._guarded(origin, self._train, name, class_noun, uploads)
+
+    async def chat(self, origin: Origin, text: str, uploads: list[Upload]) -> Reply:
+        """A message in a thread: the agent reads it (and its photos) and acts."""
+        if not await asyncio.to_thread(self._first_time, origin):
+            return Reply("", duplicate=True)
+        try:
+            user_id, conv_id = await asyncio.to_thread(self._who_and_where, origin)
+            photos = [u.data for u in _check_sizes(uploads)]
+        except UserFacingError as exc:
+            return Reply(str(exc))
+        answer = await handle_message(
+            self.settings,
+            user_id=user_id,
+            conversation_id=conv_id,
+            text=text,
+            photos=photos,
+            event_key=origin.event_key,
+        )
+        return Reply(answer.text, job_ids=answer.job_ids, recorded=True)
+
+    async def imagine(self, origin: Origin, prompt: str, n: int = 4) -> Reply:
+        """`/imagine`: generate directly, no agent. Subjects are named in the prompt."""
+        return await self._guarded(origin, self._imagine, prompt, n)
+
+    async def press(self, origin: Origin, custom_id: str) -> Reply:
+        """A button under a result: variations, upscale, reroll or delete."""
+        return await self._guarded(origin, self._press, custom_id)
+
+    async def models(self, origin: Origin) -> Reply:
+        return await self._guarded(origin, self._models, record=False)
+
+    async def list_jobs(self, origin: Origin) -> Reply:
+        return await self._guarded(origin, self._jobs, record=False)
+
+    async def cancel(self, origin: Origin, job_id: int) -> Reply:
+        return await self._guarded(origin, self._cancel, job_id)
+
+    async def quota(self, origin: Origin) -> Reply:
+        return await self._guarded(origin, self._quota, record=False)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _guarded(self, origin: Origin, fn: Any, *args: Any, record: bool = True) -> Reply:
+        """Record the event, run `fn(ctx, *args)` in a thread, turn refusals into replies."""
+
+        def work() -> Reply:
+            if record and not self._first_time(origin):
+                return Reply("", duplicate=True)
+            user_id, conv_id = self._who_and_where(origin)
+            ctx = agent_tools.ToolContext(self.settings, user_id, conv_id, origin.event_key)
+            return fn(ctx, *args)
+
+        try:
+            return await asyncio.to_thread(work)
+        except UserFacingError as exc:
+            return Reply(str(exc), ephemeral=True)
+
+    def _first_time(self, origin: Origin) -> bool:
+        """Record the platform event; False when it was seen before."""
+        if not origin.event_id:
+            return True
+        try:
+            with session_scope(self.settings) as s:
+                s.add(PlatformEvent(platform=origin.platform, event_id=origin.event_id))
+        except IntegrityError:
+            return False
+        return True
+
+    def _who_and_where(self, origin: Origin) -> tuple[int, int]:
+        """The person (created on first contact) and the conversation record to post to."""
+        dialect = sqlite if get_engine(self.settings).dialect.name == "sqlite" else postgresql
+        with session_scope(self.settings) as s:
+            s.execute(
+                dialect.insert(User)
+                .values(
+                    platform=origin.platform,
+                    platform_user_id=origin.user_id,
+                    display_name=origin.display_name,
+                    is_blocked=False,
+                )
+                .on_conflict_do_nothing()
+            )
+            user = s.scalar(
+                select(User).where(User.platform == origin.platform, User.platform_user_id == origin.user_id)
+            )
+            assert user is not None
+            if user.is_blocked:
+                raise UserFacingError(
+                    "Sorry, your account can't use dreambot. Ask an admin if this is a mistake."
+                )
+            s.execute(
+                dialect.insert(Conversation)
+                .values(
+                    platform=origin.platform,
+                    channel_id=origin.channel_id,
+                    thread_id=origin.thread_id,
+                    user_id=user.id,
+                )
+                .on_conflict_do_nothing()
+            )
+            conv = s.scalar(
+                select(Conversation).where(
+                    Conversation.platform == origin.platform,
+                    Conversation.channel_id == origin.channel_id,
+                    Conversation.thread_id == origin.thread_id,
+                )
+            )
+            assert conv is not None
+            if origin.interaction_token:
+                s.execute(
+                    update(Conversation)
+                    .where(Conversation.id == conv.id)
+                    .values(
+                        interaction_token=origin.interaction_token,
+                        interaction_expires_at=db_now(INTERACTION_LIFETIME.total_seconds() - 30),
+                    )
+                )
+            return user.id, conv.id
+
+    # -- the commands' bodies (in a worker thread) ----------------------------------------
+
+    def _train(
+        self, ctx: agent_tools.ToolContext, name: str, class_noun: str, uploads: list[Upload]
+    ) -> Reply:
+        started = start_training(
+            self.settings,
+            owner_id=ctx.user_id,
+            name=name,
+            class_noun=class_noun,
+            photos=[(u.data, u.filename) for u in _check_sizes(uploads)],
+            conversation_id=ctx.conversation_id,
+            idempotency_key=ctx.next_key(),
+        )
+        return Reply(
+            f"Got {len(uploads)} photos of {name} — training has started. I'll keep this message "
+            f"updated and tell you when {name} is ready.",
+            job_ids=[started.job_id],
+        )
+
+    def _imagine(self, ctx: agent_tools.ToolContext, prompt: str, n: int) -> Reply:
+        with session_scope(self.settings) as s:
+            mine = list(
+                s.scalars(select(Subject).where(Subject.owner_id == ctx.user_id, Subject.status == "ready"))
+            )
+        named = [sub.id for sub in mine if re.search(rf"\b{re.escape(sub.name)}\b", prompt, re.I)]
+        out = agent_tools.generate_images(
+            ctx, agent_tools.GenerateImagesArgs(prompt=prompt, n=n, subject_ids=named)
+        )
+        return Reply(f"On it: {n} image{'s' * (n != 1)} coming up.", job_ids=[out["job_id"]])
+
+    def _press(self, ctx: agent_tools.ToolContext, custom_id: str) -> Reply:
+        parsed = parse_button_id(custom_id)
+        if parsed is None:
+            return Reply(
+                "That button is from an older version of dreambot; ask me again instead.", ephemeral=True
+            )
+        action, target = parsed
+        if action == "variations":
+            out = agent_tools.vary_image(ctx, agent_tools.VaryImageArgs(image_id=target))
+        elif action == "upscale":
+            out = agent_tools.upscale_image(ctx, agent_tools.ImageArgs(image_id=target))
+        elif action == "reroll":
+            out = self._reroll(ctx, target)
+        else:
+            self._own_job(ctx, target)
+            return Reply("Deleted.", ephemeral=True, delete_job_id=target)
+        return Reply(f"On it (job #{out['job_id']}).", job_ids=[out["job_id"]])
+
+    def _own_job(self, ctx: agent_tools.ToolContext, job_id: int) -> Job:
+        with session_scope(self.settings) as s:
+            job = s.get(Job, job_id)
+            if job is None or job.owner_id != ctx.user_id:
+                raise UserFacingError("That isn't one of your pictures, so I can't change it.")
+            return job
+
+    def _reroll(self, ctx: agent_tools.ToolContext, job_id: int) -> dict[str, Any]:
+        job = self._own_job(ctx, job_id)
+        params = {k: v for k, v in (job.params or {}).items() if k != "seed"}  # new seeds
+        return agent_tools.submit_sample(ctx, params, list(params.get("subject_ids", [])))
+
+    def _models(self, ctx: agent_tools.ToolContext) -> Reply:
+        subjects = agent_tools.list_subjects(ctx, agent_tools.NoArgs())["subjects"]
+        if not subjects:
+            return Reply("You have no subjects yet. Start with /train and 3–10 photos.", ephemeral=True)
+        lines = [
+            f"• {s['name']} ({s['class_noun']}) — {'ready' if s['trained'] else 'training'}" for s in subjects
+        ]
+        return Reply("Your subjects:\n" + "\n".join(lines), ephemeral=True)
+
+    def _jobs(self, ctx: agent_tools.ToolContext) -> Reply:
+        out = agent_tools.job_status(ctx, agent_tools.OptionalJobArgs())
+        rows = out.get("recent_jobs") or []
+        if not rows:
+            return Reply("You have no recent jobs.", ephemeral=True)
+        lines = [f"• #{j['job_id']} {j['kind']} — {j['status']}" for j in rows]
+        return Reply("Your recent jobs:\n" + "\n".join(lines), ephemeral=True)
+
+    def _cancel(self, ctx: agent_tools.ToolContext, job_id: int) -> Reply:
+        self._own_job(ctx, job_id)
+        state = jobs.request_cancel(self.settings, job_id)
+        word = "cancelled" if state == "cancelled" else "stopping" if state == "running" else state
+        return Reply(f"Job #{job_id}: {word}.", ephemeral=True)
+
+    def _quota(self, ctx: agent_tools.ToolContext) -> Reply:
+        with session_scope(self.settings) as s:
+            user = s.get(User, ctx.user_id)
+            assert user is not None
+            u = quotas.usage(s, self.settings, user)
+        return Reply(
+            f"Today: {u.images_today}/{u.images_per_day} images, {u.trainings_today}/{u.trainings_per_day} "
+            f"trainings; {u.active_jobs}/{u.max_concurrent_jobs} jobs running or queued.",
+            ephemeral=True,
+        )
+
+
+def _check_sizes(uploads: list[Upload]) -> list[Upload]:
+    for upload in uploads:
+        if len(upload.data) > MAX_UPLOAD_BYTES:
+            raise UserFacingError(
+                f"“{upload.filename}” is {len(upload.data) / 1e6:.0f} MB; please send photos under "
+                f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB."
+            )
+    return uploads

@@ -1,0 +1,137 @@
+"""Subjects: creating one from photos and starting its training, in one place.
+
+`/train` in chat, the agent's `train_subject` tool and the CLI all call `start_training`,
+so the rules (3–10 valid photos, a unique name, a rare token unique among the person's
+subjects, quotas, idempotency on the platform event) live here once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from core import jobs
+from core.db import session_scope
+from core.errors import UserFacingError
+from core.models import Job, Subject
+from core.photos import store_subject_photos, validate_photo
+from core.quotas import check_job_quota
+from core.settings import Settings
+from core.storage import storage_from_settings
+
+MIN_PHOTOS, MAX_PHOTOS = 3, 10
+RARE_TOKENS = ("zwx", "sks", "ohwx", "qzv", "vkb", "xjy", "pqd", "wlx", "tzk", "bfy")
+PET_NOUNS = {"dog", "cat", "puppy", "kitten", "horse", "rabbit", "bird", "parrot", "hamster", "pet"}
+PERSON_NOUNS = {"person", "man", "woman", "boy", "girl", "child", "kid", "baby", "guy", "lady"}
+NAME_RE = re.compile(r"^[\w][\w .'-]{0,39}$")
+
+
+class SubjectError(UserFacingError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainingStarted:
+    subject_id: int
+    job_id: int
+    token: str
+    existing: bool  # this event had already started it (a retry or double click)
+
+
+def kind_of(class_noun: str) -> str:
+    """object | pet | person: picks the training preset."""
+    noun = class_noun.lower().strip()
+    return "pet" if noun in PET_NOUNS else "person" if noun in PERSON_NOUNS else "object"
+
+
+def pick_token(used: set[str]) -> str:
+    """A rare token unique among this person's subjects."""
+    for token in RARE_TOKENS:
+        if token not in used:
+            return token
+    n = 2
+    while f"zwx{n}" in used:
+        n += 1
+    return f"zwx{n}"
+
+
+def check_photo_count(n: int) -> None:
+    if n < MIN_PHOTOS:
+        raise SubjectError(
+            f"I need at least {MIN_PHOTOS} photos of your subject to learn it (you sent {n}). "
+            f"{MIN_PHOTOS}–{MAX_PHOTOS} sharp photos from different angles work best."
+        )
+    if n > MAX_PHOTOS:
+        raise SubjectError(f"Please send at most {MAX_PHOTOS} photos (you sent {n}).")
+
+
+def start_training(
+    settings: Settings,
+    *,
+    owner_id: int,
+    name: str,
+    class_noun: str,
+    photos: Sequence[tuple[bytes, str]],
+    conversation_id: int | None = None,
+    idempotency_key: str | None = None,
+    subject_kind: str | None = None,
+) -> TrainingStarted:
+    """Validate the photos, create the subject with its photos, and submit its training.
+
+    All or nothing: a bad photo, a taken name or a quota refusal leaves no subject, no
+    photo and no job behind. Raises `UserFacingError` subclasses with friendly messages.
+    """
+    name, class_noun = name.strip(), (class_noun.strip().lower() or "object")
+    if not NAME_RE.match(name):
+        raise SubjectError("Pick a short name for your subject (letters, digits, spaces; up to 40).")
+    check_photo_count(len(photos))
+    for data, filename in photos:  # reject before creating anything
+        validate_photo(data, filename)
+    with session_scope(settings) as session:
+        if idempotency_key and (
+            job := session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        ):
+            subject = session.get(Subject, job.subject_id) if job.subject_id else None
+            return TrainingStarted(job.subject_id or 0, job.id, subject.token if subject else "", True)
+        check_job_quota(session, settings, owner_id, "train")
+        mine = list(session.scalars(select(Subject).where(Subject.owner_id == owner_id)))
+        if any(s.name.lower() == name.lower() for s in mine):
+            raise SubjectError(f"You already have a subject called “{name}”; pick another name.")
+        subject = Subject(
+            owner_id=owner_id,
+            name=name,
+            token=pick_token({s.token for s in mine}),
+            class_noun=class_noun,
+            base_model=settings.base_model,
+            method="lora",
+            status="pending",
+        )
+        session.add(subject)
+        session.flush()
+        subject_id, token = subject.id, subject.token
+    try:
+        store_subject_photos(settings, subject_id, photos)
+        job = jobs.submit(
+            settings,
+            kind="train",
+            owner_id=owner_id,
+            subject_ids=[subject_id],
+            conversation_id=conversation_id,
+            idempotency_key=idempotency_key,
+            params={"subject_kind": subject_kind or kind_of(class_noun)},
+        )
+    except BaseException:
+        delete_subject(settings, subject_id)
+        raise
+    return TrainingStarted(subject_id, job.id, token, False)
+
+
+def delete_subject(settings: Settings, subject_id: int) -> None:
+    """Remove a subject, its rows (photos cascade) and every stored file under it."""
+    with session_scope(settings) as session:
+        if (row := session.get(Subject, subject_id)) is not None:
+            session.delete(row)
+    storage_from_settings(settings).delete_prefix(f"subjects/{subject_id}/")

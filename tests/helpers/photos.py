@@ -1,0 +1,40 @@
+"""Test photos made on the spot: valid JPEGs, and the kinds of bad upload people send."""
+
+from __future__ import annotations
+
+import io
+import random
+
+from PIL import Image
+
+
+def jpeg(seed: int = 0, size: int = 320) -> bytes:
+    """A valid photo-sized JPEG with some structure (not a flat colour)."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    for _ in range(12):
+        x, y = rng.randrange(size), rng.randrange(size)
+        image.paste(tuple(rng.randrange(256) for _ in range(3)), (x, y, min(size, x + 60), min(size, y + 60)))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def png(seed: int = 0, size: int = 64) -> bytes:
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+
+
+def corrupt_jpeg() -> bytes:
+    data = jpeg(99)
+    return data[: len(data) // 3]  # truncated mid-scan
+
+
+def huge_file(megabytes: int = 60) -> bytes:
+    return jpeg(7) + b"\0" * (megabytes * 1024 * 1024)
