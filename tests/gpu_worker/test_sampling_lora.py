@@ -1,0 +1,145 @@
+"""People's LoRAs: hot-swap, two at once, the resident LRU and the verified disk cache."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from core.db import dispose_engines
+from core.models import Job
+from core.settings import Settings
+from core.storage import LocalStorage, sha256_bytes, storage_from_settings
+from gpu_worker import pipelines
+from gpu_worker.lora_cache import DamagedAdapter, LoraDiskCache, adapter_name
+from tests.helpers.lora import make_lora_bytes, make_subject, make_user, run_sample, sample_settings
+
+PARAMS = {"prompt": "a photo of zwx dog on the moon", "seed": 5, "steps": 2, "scheduler": "euler_a"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_pipeline() -> Iterator[None]:
+    pipelines.drop_residents()
+    yield
+    pipelines.drop_residents()
+
+
+@pytest.fixture(params=[True, False], ids=["fused", "unfused"])
+def settings(tmp_path: Path, tiny_model_dir: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """Both ways of applying adapters: merged into the weights, and as separate peft layers."""
+    yield sample_settings(
+        tmp_path / "var", tiny_model_dir, resident_adapters=2, sample_fuse_lora=request.param
+    )
+    dispose_engines()
+
+
+@pytest.fixture(scope="module")
+def loras(tiny_model_dir: Path) -> list[bytes]:
+    return [make_lora_bytes(tiny_model_dir, seed=s) for s in (1, 2, 3)]
+
+
+def picture(settings: Settings, job: Job) -> np.ndarray:
+    assert job.status == "succeeded", job.error
+    data = storage_from_settings(settings).read_bytes(job.result["images"][0]["key"])
+    return np.asarray(PILImage.open(io.BytesIO(data)))
+
+
+def test_hot_swap_changes_the_picture_and_swapping_back_restores_it(
+    settings: Settings, loras: list[bytes]
+) -> None:
+    owner = make_user(settings)
+    rex = make_subject(settings, owner, loras[0], name="rex", token="zwx", class_noun="dog")
+    fido = make_subject(settings, owner, loras[1], name="fido", token="sks", class_noun="dog")
+    base = picture(settings, run_sample(settings, PARAMS, owner))
+    with_rex = picture(settings, run_sample(settings, PARAMS, owner, (rex,)))
+    with_fido = picture(
+        settings, run_sample(settings, {**PARAMS, "prompt": "a photo of zwx dog"}, owner, (fido,))
+    )
+    again_rex = picture(settings, run_sample(settings, PARAMS, owner, (rex,)))
+    adapters = pipelines.get_resident(settings).adapters
+    rex_name = adapter_name(rex, sha256_bytes(loras[0]))
+    assert adapters.fused == ([rex_name] if settings.sample_fuse_lora else [])
+    base_again = picture(settings, run_sample(settings, PARAMS, owner))
+    assert not np.array_equal(base, with_rex)
+    assert not np.array_equal(with_rex, with_fido)
+    assert np.array_equal(with_rex, again_rex)  # swapped back: the same adapter, the same pixels
+    assert np.array_equal(base, base_again)  # no subject: exactly the base model again
+    assert adapters.fused == []
+    assert adapters.loads == 2  # rex was still resident when asked for again
+
+
+def test_two_subjects_in_one_picture(settings: Settings, loras: list[bytes]) -> None:
+    owner = make_user(settings)
+    rex = make_subject(settings, owner, loras[0], name="rex", token="zwx", class_noun="dog")
+    tom = make_subject(settings, owner, loras[1], name="tom", token="sks", class_noun="cat")
+    params = {**PARAMS, "prompt": "zwx playing with a cat"}
+    job = run_sample(settings, {**params, "subject_ids": [tom]}, owner, (rex,))
+    both = picture(settings, job)
+    assert job.result["prompt"] == "a photo of sks cat, zwx dog playing with a cat"
+    assert sorted(job.result["subject_ids"]) == sorted([rex, tom])
+    pipe = pipelines.get_resident(settings).pipe
+    assert sorted(pipe.get_active_adapters()) == sorted(
+        [adapter_name(rex, sha256_bytes(loras[0])), adapter_name(tom, sha256_bytes(loras[1]))]
+    )
+    only_rex = picture(settings, run_sample(settings, params, owner, (rex,)))
+    assert not np.array_equal(both, only_rex)
+
+
+def test_resident_lru_evicts_beyond_capacity_and_reloads_on_demand(
+    settings: Settings, loras: list[bytes]
+) -> None:
+    owner = make_user(settings)
+    ids = [
+        make_subject(settings, owner, lora, name=f"s{i}", token="zwx" if i == 0 else f"t{i}")
+        for i, lora in enumerate(loras)
+    ]
+    names = [adapter_name(i, sha256_bytes(lora)) for i, lora in zip(ids, loras, strict=True)]
+    first = picture(settings, run_sample(settings, PARAMS, owner, (ids[0],)))
+    run_sample(settings, PARAMS, owner, (ids[1],))
+    run_sample(settings, PARAMS, owner, (ids[2],))  # capacity 2: the first is deleted from the pipeline
+    resident = pipelines.get_resident(settings)
+    assert resident.adapters.resident == names[1:]
+    assert set(resident.pipe.get_list_adapters()["unet"]) == set(names[1:])
+    again = picture(settings, run_sample(settings, PARAMS, owner, (ids[0],)))  # loaded again
+    assert resident.adapters.resident == [names[2], names[0]] and resident.adapters.loads == 4
+    assert np.array_equal(first, again)
+
+
+def test_disk_cache_verifies_refetches_and_stays_bounded(tmp_path: Path, loras: list[bytes]) -> None:
+    storage = LocalStorage(tmp_path / "storage")
+    shas = [storage.put(f"subjects/{i}/lora.safetensors", lora) for i, lora in enumerate(loras)]
+    cache = LoraDiskCache(tmp_path / "cache", storage, max_bytes=int(len(loras[0]) * 2.5))
+    path = cache.get("subjects/0/lora.safetensors", shas[0])
+    assert path.read_bytes() == loras[0]
+
+    path.write_bytes(b"garbage")  # a damaged local copy is fetched again
+    assert cache.get("subjects/0/lora.safetensors", shas[0]).read_bytes() == loras[0]
+
+    cache.get("subjects/1/lora.safetensors", shas[1])
+    cache.get("subjects/0/lora.safetensors", shas[0])  # used last: 1 is now the oldest
+    cache.get("subjects/2/lora.safetensors", shas[2])
+    assert cache.cached() == sorted([shas[0], shas[2]])  # over the byte limit: 1 left the disk
+
+    storage.put("subjects/1/lora.safetensors", loras[1][:-10] + b"0123456789")  # damaged original
+    with pytest.raises(DamagedAdapter, match="damaged"):
+        cache.get("subjects/1/lora.safetensors", shas[1], "“tom”")
+    assert shas[1] not in cache.cached()
+    with pytest.raises(DamagedAdapter, match="missing"):
+        cache.get("subjects/9/lora.safetensors", shas[1])
+
+
+def test_a_job_with_a_damaged_adapter_fails_clearly(settings: Settings, loras: list[bytes]) -> None:
+    owner = make_user(settings)
+    rex = make_subject(settings, owner, loras[0])
+    storage_from_settings(settings).put(f"subjects/{rex}/lora.safetensors", loras[1])  # not what was trained
+    job = run_sample(settings, PARAMS, owner, (rex,))
+    assert job.status == "failed"
+    assert (
+        job.error
+        == "The trained model for “rex” is damaged (its checksum does not match); please train it again."
+    )
+    assert pipelines._residents == {}
