@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import socket
 import sys
 from typing import Annotated
 
 import typer
 
+from bot.cli_local import generate, train
 from bot.dashboard.cli import admin_app, dashboard
 from core.errors import DreambotError, SchemaOutdated
 from core.settings import Settings, SettingsError, load_settings
@@ -19,6 +18,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 app.command()(dashboard)
+app.command()(generate)
+app.command()(train)
 
 
 def _settings() -> Settings:
@@ -32,13 +33,6 @@ def _settings() -> Settings:
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(f"dreambot: {message}", fg="red", err=True)
     return typer.Exit(code)
-
-
-def _logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("DREAMBOT_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 @db_app.command("upgrade")
@@ -68,8 +62,15 @@ def worker(
     queues: Annotated[str, typer.Option(help="comma-separated: train, sample or both")] = "train,sample",
     name: Annotated[str | None, typer.Option(help="worker name (default QUEUES@host)")] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork (one child) or solo")] = "prefork",
+    gpus: Annotated[
+        str | None,
+        typer.Option(help="'all' or GPU indices '0,1': one worker process per GPU and queue"),
+    ] = None,
+    cpu: Annotated[
+        bool, typer.Option("--cpu", help="run on the CPU (with --gpus: only when no GPU is found)")
+    ] = False,
 ) -> None:
-    """Run a GPU worker for the given queues."""
+    """Run a GPU worker for the given queues (or, with --gpus, one per GPU and queue)."""
     from core import migrate
 
     settings = _settings()
@@ -81,6 +82,11 @@ def worker(
     unknown = [q for q in wanted if q not in ("train", "sample")]
     if unknown or not wanted:
         raise _fail(f"--queues takes train and/or sample, not {','.join(unknown) or 'nothing'}", 2)
+    if gpus is not None or cpu:
+        if name is not None:
+            raise _fail("--name names one worker; with --gpus/--cpu names are QUEUE-gpuN@host", 2)
+        _launch_workers(settings, gpus, cpu, wanted)
+        return
     from gpu_worker.app import app as celery_app
 
     celery_app.worker_main(
@@ -95,11 +101,49 @@ def worker(
             "--pool",
             pool,
             "--loglevel",
-            "INFO",
+            settings.log_level,
             "--without-gossip",
             "--without-mingle",
         ]
     )
+
+
+def _launch_workers(settings: Settings, gpus: str | None, cpu: bool, queues: list[str]) -> None:
+    """`--gpus`/`--cpu`: plan one process per GPU and queue, run them until stopped."""
+    import threading
+
+    from bot.launcher import (
+        LaunchError,
+        Supervisor,
+        discover_gpus,
+        plan_workers,
+        run_workers,
+        select_gpus,
+        stop_on_signals,
+    )
+    from core.logs import setup_logging
+
+    setup_logging(settings)
+    try:
+        chosen = select_gpus(gpus, discover_gpus()) if gpus is not None else []
+    except LaunchError as exc:
+        raise _fail(str(exc), 2) from None
+    if gpus is not None and not chosen:
+        if not cpu:
+            raise _fail(
+                "no GPU found on this host (nvidia-smi and torch see none). "
+                "Add --cpu to run the workers on the CPU only (slow: minutes per image).",
+                2,
+            )
+        typer.echo("dreambot: no GPU found on this host; running on the CPU only (--cpu)", err=True)
+    specs = plan_workers(chosen, queues)
+    typer.echo("starting " + ", ".join(f"{s.name} ({s.queues})" for s in specs), err=True)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    try:
+        run_workers(specs, Supervisor(), stop)
+    except LaunchError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -108,9 +152,10 @@ def up(
 ) -> None:
     """Run everything on this machine: migrations, a train and a sample worker, the bot and web."""
     from bot.server import serve
+    from core.logs import setup_logging
 
-    _logging()
     settings = _settings()
+    setup_logging(settings)
     try:
         serve(settings, with_workers=workers)
     except DreambotError as exc:

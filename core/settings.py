@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     database_schema: str | None = Field(None, description="PostgreSQL schema (search_path) to use")
     queue_prefix: str = Field("", description="prefix for the Celery queue names (one deployment per prefix)")
 
+    # -- logging --------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="least severe log level written (DEBUG, INFO, WARNING, ERROR)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: a line for people; json: one JSON object a line, with job_id"
+    )
+
     # -- web server (playground + admin dashboard) ----------------------------------------
     web_host: str = Field("127.0.0.1", description="address the web server (playground + /admin) listens on")
     web_port: int = Field(8080, ge=0, le=65535, description="port of the web server")
@@ -58,6 +66,9 @@ class Settings(BaseSettings):
     console_database_url: str = Field(
         "",
         description="database URL for the dashboard's SQL console (a read-only role); default the main one",
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="bearer token Prometheus must send for /metrics (default: no token asked)"
     )
     console_time_limit: float = Field(5.0, gt=0, description="seconds one SQL console statement may run")
     console_row_limit: int = Field(1000, ge=1, description="rows the SQL console shows (and exports) at most")
@@ -85,6 +96,11 @@ class Settings(BaseSettings):
     llm_context_tokens: int = Field(32000, ge=2000, description="token budget for a thread's history")
     llm_app_url: str | None = Field(None, description="sent as HTTP-Referer (OpenRouter attribution)")
     llm_app_title: str | None = Field("dreambot", description="sent as X-Title (OpenRouter attribution)")
+    llm_send_photos: Literal["remote", "local-only", "never"] = Field(
+        "remote",
+        description="which LLM endpoints see people's photos: remote (any), local-only (only a "
+        "loopback or private-network LLM_BASE_URL; a remote one gets a text placeholder), never",
+    )
 
     # -- chat platforms ---------------------------------------------------------------------
     discord_token: SecretStr | None = Field(
@@ -136,6 +152,23 @@ class Settings(BaseSettings):
     train_time_limit: int = Field(2 * 3600, gt=0, description="seconds a training may run")
     sample_time_limit: int = Field(300, gt=0, description="seconds a sampling job may run")
     nsfw_filter: bool = Field(True, description="run the safety checker and never post blocked images")
+
+    # -- retention (core/retention.py; the bot process cleans up every RETENTION_INTERVAL) --
+    retention_keep_training_photos: bool = Field(
+        False,
+        description="keep training photos after the model is trained (default: deleted once "
+        "trained, unless the person chose to keep them)",
+    )
+    retention_images_days: int = Field(90, ge=0, description="days generated images are kept (0: forever)")
+    retention_conversation_days: int = Field(
+        30, ge=0, description="days chat history and its photos are kept (0: forever)"
+    )
+    retention_failed_days: int = Field(
+        7, ge=0, description="days leftovers of failed or cancelled jobs are kept (0: forever)"
+    )
+    retention_interval: float = Field(
+        3600.0, ge=0, description="seconds between retention clean-ups in the bot process (0: off)"
+    )
     # -- sampling (gpu_worker/pipelines.py, gpu_worker/lora_cache.py) ------------------------
     lora_cache_dir: Path | None = Field(
         None, description="local LoRA file cache; default <data_dir>/lora-cache"
@@ -159,6 +192,13 @@ class Settings(BaseSettings):
     )
     trainings_per_day: int = Field(3, ge=0, description="default: trainings a person may start per 24 hours")
     images_per_day: int = Field(200, ge=0, description="default: images a person may generate per 24 hours")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case_insensitive(cls, v: Any, info: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        return v.upper() if info.field_name == "log_level" else v.lower()
 
     @field_validator("database_url", "console_database_url")
     @classmethod

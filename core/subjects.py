@@ -15,8 +15,9 @@ from sqlalchemy import select
 
 from core import jobs
 from core.db import session_scope
+from core.dbclock import db_now
 from core.errors import UserFacingError
-from core.models import Job, Subject
+from core.models import Job, Subject, User
 from core.photos import store_subject_photos, validate_photo
 from core.quotas import check_job_quota
 from core.settings import Settings
@@ -25,12 +26,26 @@ from core.storage import storage_from_settings
 MIN_PHOTOS, MAX_PHOTOS = 3, 10
 RARE_TOKENS = ("zwx", "sks", "ohwx", "qzv", "vkb", "xjy", "pqd", "wlx", "tzk", "bfy")
 PET_NOUNS = {"dog", "cat", "puppy", "kitten", "horse", "rabbit", "bird", "parrot", "hamster", "pet"}
-PERSON_NOUNS = {"person", "man", "woman", "boy", "girl", "child", "kid", "baby", "guy", "lady"}
+PERSON_NOUNS = {
+    "person", "man", "woman", "boy", "girl", "child", "kid", "baby", "guy", "lady",
+    "people", "human", "me", "myself", "selfie", "teen", "toddler",
+    "adult", "husband", "wife", "son", "daughter", "mother", "father", "mom", "dad", "friend",
+}  # fmt: skip
+# What a person confirms before photos of a person are used. Stored with the subject.
+# The class noun (or the agent's subject_kind) decides; there is no face detector.
+CONSENT_TEXT = (
+    "I have the right to use these photos: they show me, or the person in them agreed "
+    "to me training a model of them."
+)
 NAME_RE = re.compile(r"^[\w][\w .'-]{0,39}$")
 
 
 class SubjectError(UserFacingError):
     pass
+
+
+class ConsentRequired(SubjectError):
+    """Photos of a person without the uploader's confirmation: nothing was created."""
 
 
 @dataclass(frozen=True)
@@ -78,15 +93,26 @@ def start_training(
     conversation_id: int | None = None,
     idempotency_key: str | None = None,
     subject_kind: str | None = None,
+    config: dict[str, object] | None = None,
+    consent: bool = False,
+    keep_photos: bool = False,
 ) -> TrainingStarted:
     """Validate the photos, create the subject with its photos, and submit its training.
 
     All or nothing: a bad photo, a taken name or a quota refusal leaves no subject, no
     photo and no job behind. Raises `UserFacingError` subclasses with friendly messages.
+    A person (by class noun or `subject_kind`) needs `consent=True`: the uploader confirmed
+    `CONSENT_TEXT`, recorded on the subject with when and by whom.
     """
     name, class_noun = name.strip(), (class_noun.strip().lower() or "object")
     if not NAME_RE.match(name):
         raise SubjectError("Pick a short name for your subject (letters, digits, spaces; up to 40).")
+    if not consent and "person" in (kind_of(class_noun), subject_kind):
+        raise ConsentRequired(
+            f"“{name}” is a person, so I need your confirmation first: {CONSENT_TEXT} "
+            "If that's true, send the same photos again and confirm it (tick the consent box, "
+            "set consent to yes, or just tell me in the chat)."
+        )
     check_photo_count(len(photos))
     for data, filename in photos:  # reject before creating anything
         validate_photo(data, filename)
@@ -100,6 +126,7 @@ def start_training(
         mine = list(session.scalars(select(Subject).where(Subject.owner_id == owner_id)))
         if any(s.name.lower() == name.lower() for s in mine):
             raise SubjectError(f"You already have a subject called “{name}”; pick another name.")
+        owner = session.get(User, owner_id)
         subject = Subject(
             owner_id=owner_id,
             name=name,
@@ -108,7 +135,12 @@ def start_training(
             base_model=settings.base_model,
             method="lora",
             status="pending",
+            keep_photos=keep_photos,
         )
+        if consent:
+            subject.consent_at = db_now()
+            subject.consent_by = f"{owner.platform}:{owner.platform_user_id}" if owner else f"user:{owner_id}"
+            subject.consent_text = CONSENT_TEXT
         session.add(subject)
         session.flush()
         subject_id, token = subject.id, subject.token
@@ -121,7 +153,10 @@ def start_training(
             subject_ids=[subject_id],
             conversation_id=conversation_id,
             idempotency_key=idempotency_key,
-            params={"subject_kind": subject_kind or kind_of(class_noun)},
+            params={
+                "subject_kind": subject_kind or kind_of(class_noun),
+                **({"config": config} if config else {}),
+            },
         )
     except BaseException:
         delete_subject(settings, subject_id)

@@ -1,0 +1,114 @@
+"""`dreambot generate` and `dreambot train`: run a job from the terminal (see bot/local_jobs.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from core.errors import UserFacingError
+
+
+def generate(
+    prompt: Annotated[str, typer.Argument(help="what to draw, e.g. 'rex on the moon'")],
+    subject: Annotated[
+        list[str] | None, typer.Option("--subject", help="your subject's name (repeatable)")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", help="number of images, 1-8")] = 4,
+    seed: Annotated[int | None, typer.Option(help="seed of the first image")] = None,
+    guidance: Annotated[float | None, typer.Option(help="guidance scale, 1-20")] = None,
+    steps: Annotated[int | None, typer.Option(help="denoising steps")] = None,
+    out: Annotated[Path, typer.Option(help="folder for the PNG files")] = Path("."),
+) -> None:
+    """Generate images locally with the same code path as chat; prints the files written."""
+    from bot.cli import _fail, _settings
+    from bot.local_jobs import cli_user, export_images, run_or_follow, subject_ids_by_name
+    from core import jobs
+    from core.sample_request import compose_prompt, parse_sample_request
+
+    settings = _settings()
+    try:
+        user_id = cli_user(settings)
+        ids = subject_ids_by_name(settings, user_id, subject or [])
+        prompt = _with_subjects(settings, prompt, ids, compose_prompt)
+        params = {
+            "prompt": prompt,
+            "n": n,
+            "seed": seed,
+            "guidance_scale": guidance,
+            "steps": steps,
+            "subject_ids": ids,
+        }
+        request = parse_sample_request({k: v for k, v in params.items() if v is not None})
+        job = jobs.submit(
+            settings,
+            kind="sample",
+            owner_id=user_id,
+            subject_ids=ids,
+            params=request.model_dump(mode="json", exclude_none=True),
+        )
+    except UserFacingError as exc:
+        raise _fail(str(exc)) from None
+    from gpu_worker.sampling import run as sampling
+
+    final = run_or_follow(settings, job.id, sampling)
+    if final.status != "succeeded":
+        raise _fail(f"job #{job.id} {final.status}: {final.error or ''}")
+    for path in export_images(settings, job.id, out):
+        typer.echo(path)
+
+
+def _with_subjects(settings: object, prompt: str, ids: list[int], compose: object) -> str:
+    """Make sure the prompt names each subject's token and class noun."""
+    from core.db import session_scope
+    from core.models import Subject
+
+    with session_scope(settings) as s:  # type: ignore[arg-type]
+        subjects = [s.get(Subject, i) for i in ids]
+        pairs = [(sub.token, sub.class_noun) for sub in subjects if sub is not None]
+    return compose(prompt, pairs) if pairs else prompt  # type: ignore[operator]
+
+
+def train(
+    photos: Annotated[
+        list[Path], typer.Argument(help="3-10 photos of one subject", exists=True, dir_okay=False)
+    ],
+    name: Annotated[str, typer.Option(help="what to call the subject, e.g. rex")],
+    class_noun: Annotated[str, typer.Option("--class", help="what it is: dog, woman, mug")],
+    method: Annotated[str | None, typer.Option(help="lora (default) or full")] = None,
+    steps: Annotated[int | None, typer.Option(help="training steps (default: scaled with photos)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON training config", exists=True)] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override one config key: --set lora_rank=8")
+    ] = None,
+) -> None:
+    """Train a subject locally with the same code path as /train; prints where the model went."""
+    from bot.cli import _fail, _settings
+    from bot.local_jobs import cli_user, run_or_follow
+    from core.subjects import start_training
+    from core.train_config import build_config, load_config_file, parse_set
+
+    settings = _settings()
+    try:
+        overrides: dict[str, object] = dict(load_config_file(config)) if config is not None else {}
+        overrides.update(parse_set(set_ or []))
+        overrides.update({k: v for k, v in {"method": method, "steps": steps}.items() if v is not None})
+        build_config(deployment_file=settings.train_config, overrides=overrides)  # refuse bad keys now
+        started = start_training(
+            settings,
+            owner_id=cli_user(settings),
+            name=name,
+            class_noun=class_noun,
+            photos=[(p.read_bytes(), p.name) for p in photos],
+            config=overrides or None,
+        )
+    except UserFacingError as exc:
+        raise _fail(str(exc)) from None
+    from gpu_worker.training import run as training
+
+    final = run_or_follow(settings, started.job_id, training)
+    if final.status != "succeeded":
+        raise _fail(f"training #{started.job_id} {final.status}: {final.error or ''}")
+    result = final.result or {}
+    typer.echo(f"{name} ({started.token} {class_noun}) is ready: {result.get('artifact_key', '')}")

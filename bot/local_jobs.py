@@ -1,0 +1,95 @@
+"""`dreambot generate` and `dreambot train`: the same job path as chat, run from a terminal.
+
+The command submits an ordinary job (so quotas, validation and storage are the same),
+then tries to claim it and run it in this process. If a running worker claimed it first,
+the command follows the job's progress instead. Either way a tqdm bar shows progress and
+the command prints where the results went.
+"""
+
+from __future__ import annotations
+
+import getpass
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from tqdm import tqdm
+
+from core import jobs
+from core.db import get_engine, session_scope
+from core.errors import NotFound
+from core.models import Image, Job, Subject, User
+from core.settings import Settings
+from core.storage import storage_from_settings
+
+CLI_PLATFORM = "cli"
+
+
+def cli_user(settings: Settings) -> int:
+    """The terminal's person: (cli, login name), created on first use."""
+    login = getpass.getuser()
+    dialect = sqlite if get_engine(settings).dialect.name == "sqlite" else postgresql
+    with session_scope(settings) as s:
+        s.execute(
+            dialect.insert(User)
+            .values(platform=CLI_PLATFORM, platform_user_id=login, display_name=login, is_blocked=False)
+            .on_conflict_do_nothing()
+        )
+        user_id = s.scalar(
+            select(User.id).where(User.platform == CLI_PLATFORM, User.platform_user_id == login)
+        )
+    assert user_id is not None
+    return user_id
+
+
+def subject_ids_by_name(settings: Settings, user_id: int, names: list[str]) -> list[int]:
+    ids = []
+    with session_scope(settings) as s:
+        for name in names:
+            found = s.scalar(select(Subject.id).where(Subject.owner_id == user_id, Subject.name == name))
+            if found is None:
+                raise NotFound(f"You have no subject called “{name}” (train one with `dreambot train`).")
+            ids.append(found)
+    return ids
+
+
+def run_or_follow(settings: Settings, job_id: int, body: Callable[[Any], dict[str, Any]]) -> Job:
+    """Run job `job_id` here if nobody claimed it yet, else follow it; returns the final row."""
+    from gpu_worker.runtime import run_job
+
+    done = threading.Event()
+    runner = threading.Thread(
+        target=lambda: (run_job(settings, job_id, f"cli@{getpass.getuser()}", body), done.set()),
+        daemon=True,
+    )
+    runner.start()
+    with tqdm(total=100, unit="%", desc=f"job #{job_id}", bar_format="{l_bar}{bar}| {postfix}") as bar:
+        while True:
+            job = jobs.get_job(settings, job_id)
+            progress = job.progress or {}
+            if progress.get("total"):
+                bar.n = round(100 * int(progress.get("step", 0)) / max(1, int(progress["total"])))
+            bar.set_postfix_str(f"{job.status} {progress.get('phase', '')}".strip())
+            if job.status in jobs.TERMINAL:
+                bar.n = 100 if job.status == "succeeded" else bar.n
+                bar.refresh()
+                return job
+            time.sleep(0.5)
+
+
+def export_images(settings: Settings, job_id: int, out_dir: Path) -> list[Path]:
+    """Copy the job's images out of storage into `out_dir`; returns the files written."""
+    storage = storage_from_settings(settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    with session_scope(settings) as s:
+        keys = list(s.scalars(select(Image.storage_key).where(Image.job_id == job_id).order_by(Image.id)))
+    for key in keys:
+        path = out_dir / f"job{job_id}-{Path(key).name}"
+        path.write_bytes(storage.read_bytes(key))
+        written.append(path)
+    return written

@@ -1,0 +1,294 @@
+"""Discord: slash commands, mentions, DMs and thread messages in; replies out.
+
+The adapter only converts (see discord_convert): an interaction or message becomes a
+`ConversationService` call, and its `Reply` becomes a Discord message. Job cards and
+images are posted later by delivery through `DiscordPoster`.
+
+Every interaction is deferred before anything else (the 3-second acknowledgement), then
+photos are downloaded with the bot's session and handed to the service. `/train` makes a
+thread for the training; a mention in a channel makes a thread for the conversation.
+Message content: with the privileged message-content intent the bot answers every
+message in its threads; without it (DREAMBOT_DISCORD_MESSAGE_CONTENT=false, or when
+Discord refuses the intent) it answers mentions and DMs, whose content Discord always sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+import discord
+from discord import app_commands
+
+from bot.platforms import discord_commands
+from bot.platforms.discord_convert import (
+    clip,
+    interaction_origin,
+    message_origin,
+    place_of,
+    thread_name,
+    too_big,
+    where_to_post,
+    without_mention,
+)
+from bot.platforms.discord_poster import DiscordPoster
+from bot.platforms.discord_transport import install, routed_webhooks
+from bot.service import ConversationService, Reply, Upload
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ALREADY_ACKNOWLEDGED = 40060  # Discord's code: this interaction was answered before
+SORRY = "Sorry, something went wrong on my side. Please try again in a minute."
+NO_DOWNLOAD = "I couldn't download “{name}” from Discord; please send it again."
+THREAD_ARCHIVE_MINUTES = 1440
+
+
+class _Client(discord.Client):
+    def __init__(self, adapter: DiscordAdapter, intents: discord.Intents) -> None:
+        super().__init__(intents=intents)
+        self.adapter = adapter
+
+    async def setup_hook(self) -> None:
+        await self.adapter.on_setup()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.adapter.on_message(message)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        if interaction.type is discord.InteractionType.component:
+            await self.adapter.on_button(interaction)
+
+
+class DiscordAdapter:
+    platform = "discord"
+
+    def __init__(self, settings: Settings, service: ConversationService) -> None:
+        assert settings.discord_token is not None, "DREAMBOT_DISCORD_TOKEN is not set"
+        self.settings = settings
+        self.service = service
+        self.api_base = settings.discord_api_base
+        self.message_content = settings.discord_message_content
+        self.client = self._build_client()
+        self.poster = DiscordPoster(self.client, self.api_base, settings.discord_max_upload_bytes)
+
+    def _build_client(self) -> _Client:
+        intents = discord.Intents.default()
+        intents.message_content = self.message_content
+        client = _Client(self, intents)
+        self.http = install(client, self.api_base, self.settings.discord_gateway_url)
+        self.tree = app_commands.CommandTree(client)  # after install(): the tree keeps client.http
+        discord_commands.register(self.tree, self)
+        self.tree.on_error = self._command_failed  # type: ignore[method-assign]
+        return client
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect until `stop` is set. A refused message-content intent falls back to mentions;
+        an unreachable Discord is retried with backoff; a refused token stops only this adapter."""
+        assert self.settings.discord_token is not None
+        token = self.settings.discord_token.get_secret_value()
+        failures = 0
+        with routed_webhooks(self.api_base):  # the client's tasks inherit this context
+            while not stop.is_set():
+                client = asyncio.create_task(self.client.start(token), name="discord-client")
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait({client, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if not client.done():
+                    await self.client.close()
+                try:
+                    await client
+                    return
+                except discord.LoginFailure:
+                    log.error("Discord refused DREAMBOT_DISCORD_TOKEN; the Discord adapter is off.")
+                    return
+                except discord.PrivilegedIntentsRequired:
+                    if not self.message_content:
+                        raise
+                    log.warning(
+                        "Discord refused the message-content intent; answering mentions and DMs only. "
+                        "Enable it in the developer portal (Bot → Privileged Gateway Intents) to chat freely."
+                    )
+                    self.message_content = False
+                except (OSError, aiohttp.ClientError, discord.HTTPException, discord.GatewayNotFound) as exc:
+                    failures += 1
+                    log.warning("Discord unreachable (%s); retrying", exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), min(60.0, 2.0**failures))
+                await self.client.close()
+                self.client = self._build_client()  # a closed client is not reused
+                self.poster.client = self.client
+
+    async def on_setup(self) -> None:
+        """After login, before the gateway: find the gateway and register the commands."""
+        await self.http.resolve_gateway()
+        await self.tree.sync()
+
+    # -- slash commands (called by discord_commands) ---------------------------------------
+
+    async def defer(self, interaction: discord.Interaction, *, ephemeral: bool = False) -> bool:
+        """Acknowledge at once; False when Discord says it was handled (a redelivery) or expired."""
+        try:
+            await interaction.response.defer(thinking=True, ephemeral=ephemeral)
+            return True
+        except discord.HTTPException as exc:
+            if exc.code == ALREADY_ACKNOWLEDGED or exc.status == 404:
+                log.info("interaction %s not deferred: %s", interaction.id, exc.text)
+                return False
+            raise
+
+    async def train(
+        self, interaction: discord.Interaction, name: str, class_noun: str, photos: list[discord.Attachment]
+    ) -> None:
+        if not await self.defer(interaction):
+            return
+        uploads = await self._download(interaction, photos)
+        if uploads is None:
+            return
+        thread = await self._training_thread(interaction, name)
+        origin = interaction_origin(interaction, thread_id=str(thread.id) if thread else None)
+        reply = await self.service.train(origin, name, class_noun, uploads)
+        if thread is not None and not reply.job_ids:  # refused or a redelivery: no empty thread
+            with contextlib.suppress(discord.HTTPException):
+                await thread.delete()
+        if reply.duplicate:
+            return
+        text = reply.text + (f"\nFollow along in {thread.mention}." if thread and reply.job_ids else "")
+        await self.answer(interaction, Reply(text, reply.job_ids, reply.ephemeral))
+
+    async def imagine(self, interaction: discord.Interaction, prompt: str, n: int) -> None:
+        if await self.defer(interaction):
+            await self.answer(
+                interaction, await self.service.imagine(interaction_origin(interaction), prompt, n)
+            )
+
+    async def simple(self, interaction: discord.Interaction, what: str, *args: object) -> None:
+        """/models, /jobs, /quota, /cancel: private answers."""
+        if not await self.defer(interaction, ephemeral=True):
+            return
+        origin = interaction_origin(interaction, with_token=False)
+        call = {
+            "models": self.service.models,
+            "jobs": self.service.list_jobs,
+            "quota": self.service.quota,
+            "cancel": self.service.cancel,
+        }[what]
+        await self.answer(interaction, await call(origin, *args), private=True)  # type: ignore[operator]
+
+    async def answer(self, interaction: discord.Interaction, reply: Reply, *, private: bool = False) -> None:
+        """Replace the "thinking…" placeholder (`private`: it was deferred ephemeral). A private
+        answer to a public defer goes as an ephemeral follow-up (visibility is fixed at defer)."""
+        if reply.duplicate:
+            return
+        text = clip(reply.text or "Done.")
+        if not interaction.response.is_done():
+            await interaction.response.send_message(text, ephemeral=reply.ephemeral)
+        elif reply.ephemeral and not private:
+            await interaction.followup.send(text, ephemeral=True)
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+        else:
+            await interaction.edit_original_response(content=text)
+
+    async def _download(
+        self, interaction: discord.Interaction, photos: list[discord.Attachment]
+    ) -> list[Upload] | None:
+        for photo in photos:  # refuse huge files before downloading anything
+            if (refusal := too_big(photo)) is not None:
+                await self.answer(interaction, Reply(refusal, ephemeral=True))
+                return None
+        uploads = []
+        for photo in photos:
+            try:
+                uploads.append(Upload(photo.filename, await photo.read()))
+            except (discord.HTTPException, aiohttp.ClientError, OSError):
+                await self.answer(interaction, Reply(NO_DOWNLOAD.format(name=photo.filename), ephemeral=True))
+                return None
+        return uploads
+
+    async def _training_thread(self, interaction: discord.Interaction, name: str) -> discord.Thread | None:
+        """A public thread for the training, unless we are in a DM or a thread already."""
+        channel = interaction.channel
+        if interaction.guild_id is None or place_of(channel, interaction.channel_id)[1]:
+            return None
+        parent = channel if isinstance(channel, discord.TextChannel) else None
+        if parent is None:
+            return None
+        return await parent.create_thread(
+            name=thread_name(f"🧠 {name}"),
+            type=discord.ChannelType.public_thread,
+            auto_archive_duration=THREAD_ARCHIVE_MINUTES,
+        )
+
+    async def _command_failed(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        log.error("command %s failed", interaction.command and interaction.command.name, exc_info=error)
+        with contextlib.suppress(discord.HTTPException):
+            await self.answer(interaction, Reply(SORRY, ephemeral=True))
+
+    # -- buttons ---------------------------------------------------------------------------
+
+    async def on_button(self, interaction: discord.Interaction) -> None:
+        custom_id = str((interaction.data or {}).get("custom_id", ""))
+        if not custom_id.startswith("db:"):
+            return
+        try:
+            await interaction.response.defer()  # "deferred update": the message stays as it is
+        except discord.HTTPException as exc:
+            if exc.code == ALREADY_ACKNOWLEDGED or exc.status == 404:
+                return
+            raise
+        try:
+            reply = await self.service.press(interaction_origin(interaction), custom_id)
+        except Exception:
+            log.exception("button %s failed", custom_id)
+            reply = Reply(SORRY, ephemeral=True)
+        if reply.duplicate:
+            return
+        if reply.delete_job_id is not None and interaction.message is not None:
+            await self.poster.delete(interaction.message.channel.id, interaction.message.id)
+        await interaction.followup.send(clip(reply.text or "Done."), ephemeral=True)
+
+    # -- messages: mentions, DMs and the bot's threads --------------------------------------
+
+    def _addressed(self, message: discord.Message) -> bool:
+        me = self.client.user
+        if me is None or message.author.bot or message.author.id == me.id:
+            return False
+        if message.guild is None or me in message.mentions:
+            return True
+        channel = message.channel
+        mine = isinstance(channel, discord.Thread) and channel.owner_id == me.id
+        return mine and self.message_content
+
+    async def on_message(self, message: discord.Message) -> None:
+        if not self._addressed(message):
+            return
+        assert self.client.user is not None
+        text = without_mention(message.content, self.client.user.id)
+        try:
+            uploads = []
+            for attachment in message.attachments:
+                if (refusal := too_big(attachment)) is not None:
+                    await message.reply(refusal, mention_author=False)
+                    return
+                uploads.append(Upload(attachment.filename, await attachment.read()))
+            origin = message_origin(message)
+            if message.guild is not None and not origin.thread_id:
+                # A mention in a channel starts a thread: the conversation lives there.
+                thread = await message.create_thread(name=thread_name(text), auto_archive_duration=1440)
+                origin = message_origin(message, thread_id=str(thread.id))
+            channel = self.client.get_partial_messageable(where_to_post(origin.channel_id, origin.thread_id))
+            async with channel.typing():
+                reply = await self.service.chat(origin, text, uploads)
+            if not reply.duplicate:
+                await channel.send(clip(reply.text or "…"))
+        except Exception:
+            log.exception("answering message %s failed", message.id)
+            with contextlib.suppress(discord.HTTPException, aiohttp.ClientError, OSError):
+                await message.reply(SORRY, mention_author=False)

@@ -1,0 +1,98 @@
+"""The slash commands dreambot registers, as thin declarations over the adapter.
+
+Each callback's first act (inside the adapter) is deferring the interaction.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+
+if TYPE_CHECKING:
+    from bot.platforms.discord import DiscordAdapter
+
+Photo = discord.Attachment | None
+
+
+def register(tree: app_commands.CommandTree, adapter: DiscordAdapter) -> None:
+    @tree.command(name="train", description="Teach dreambot a subject from 3–10 photos of it")
+    @app_commands.rename(class_noun="class")
+    @app_commands.describe(
+        name="what to call it, e.g. Rex",
+        photo1="a sharp photo of the subject (add 3–10 in all; none: a form to drop them all at once)",
+        class_noun="what it is: dog, cat, person, mug… (default: object)",
+    )
+    async def train(
+        interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, 40],
+        class_noun: app_commands.Range[str, 0, 40] = "",
+        photo1: Photo = None,
+        photo2: Photo = None,
+        photo3: Photo = None,
+        photo4: Photo = None,
+        photo5: Photo = None,
+        photo6: Photo = None,
+        photo7: Photo = None,
+        photo8: Photo = None,
+        photo9: Photo = None,
+        photo10: Photo = None,
+    ) -> None:
+        given = [photo1, photo2, photo3, photo4, photo5, photo6, photo7, photo8, photo9, photo10]
+        photos = [p for p in given if p is not None]
+        if not photos:  # no photo options: a form where all photos can be dropped at once
+            await interaction.response.send_modal(TrainForm(adapter, name, class_noun))
+            return
+        await adapter.train(interaction, name, class_noun, photos)
+
+    @tree.command(name="imagine", description="Generate pictures; name your trained subjects in the prompt")
+    @app_commands.describe(prompt="e.g. Rex as an astronaut on the moon", n="how many pictures")
+    async def imagine(
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 800],
+        n: app_commands.Range[int, 1, 8] = 4,
+    ) -> None:
+        await adapter.imagine(interaction, prompt, n)
+
+    @tree.command(name="models", description="Your trained subjects")
+    async def models(interaction: discord.Interaction) -> None:
+        await adapter.simple(interaction, "models")
+
+    @tree.command(name="jobs", description="Your recent jobs")
+    async def jobs(interaction: discord.Interaction) -> None:
+        await adapter.simple(interaction, "jobs")
+
+    @tree.command(name="cancel", description="Cancel one of your jobs")
+    @app_commands.describe(job="the job number, e.g. 12")
+    async def cancel(interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
+        await adapter.simple(interaction, "cancel", job)
+
+    @tree.command(name="quota", description="What you can still do today")
+    async def quota(interaction: discord.Interaction) -> None:
+        await adapter.simple(interaction, "quota")
+
+
+class TrainForm(discord.ui.Modal, title="Train a subject"):
+    """/train without photo options: name, class and a file upload of up to 10 photos.
+
+    The open form lives in discord.py's memory (15 minutes): after a restart its submit
+    fails and the person runs /train again.
+    """
+
+    def __init__(self, adapter: DiscordAdapter, name: str, class_noun: str) -> None:
+        super().__init__(timeout=15 * 60, custom_id="db:train-form")
+        self.adapter = adapter
+        self.name = discord.ui.TextInput(default=name, max_length=40)
+        self.class_noun = discord.ui.TextInput(default=class_noun or None, required=False, max_length=40)
+        self.photos = discord.ui.FileUpload(custom_id="photos", min_values=1, max_values=10)
+        self.add_item(discord.ui.Label(text="Name", component=self.name))
+        self.add_item(
+            discord.ui.Label(text="What is it? (dog, cat, person, mug…)", component=self.class_noun)
+        )
+        self.add_item(discord.ui.Label(text="3–10 sharp photos", component=self.photos))
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+        await self.adapter.train(
+            interaction, self.name.value, self.class_noun.value, list(self.photos.values)
+        )
