@@ -16,12 +16,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from core.db import dispose_engines, get_engine, session_scope
 from core.dbclock import db_now
+from core.logs import install_celery_hooks
 from core.models import Worker
 from core.queue import make_celery
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 settings = get_settings()
+install_celery_hooks(settings)  # our log format, and job_id on every line of a task
 app = make_celery(settings)
 app.autodiscover_tasks(["gpu_worker"], related_name="tasks", force=True)
 

@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from core import jobs
 from core.db import session_scope
 from core.errors import LeaseLost, UserFacingError
+from core.logs import bind_job
 from core.models import Job
 from core.settings import Settings
 
@@ -65,6 +66,10 @@ class _Heartbeat(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
+        with bind_job(self.ctx.lease.job_id):
+            self._beat()
+
+    def _beat(self) -> None:
         while not self.done.wait(self.ctx.settings.heartbeat_interval):
             try:
                 if jobs.heartbeat(self.ctx.settings, self.ctx.lease):
@@ -95,17 +100,21 @@ def run_job(
 ) -> str | None:
     """Claim `job_id` and run `body` under its lease. Returns the final state, or None
     when the job was not ours to run (gone, claimed elsewhere, finished: a duplicate)."""
-    lease = jobs.claim(settings, job_id, worker)
-    if lease is None:
-        log.info("job %s: not claimable (duplicate, finished or cancelled); skipping", job_id)
-        return None
-    ctx = _context(settings, lease)
-    beat = _Heartbeat(ctx)
-    beat.start()
-    try:
-        return _finish(settings, ctx, body)
-    finally:
-        beat.done.set()
+    with bind_job(job_id):  # every line logged for this job carries its id
+        lease = jobs.claim(settings, job_id, worker)
+        if lease is None:
+            log.info("job %s: not claimable (duplicate, finished or cancelled); skipping", job_id)
+            return None
+        ctx = _context(settings, lease)
+        log.info("job %s: %s started on %s (attempt %s)", job_id, ctx.kind, worker, lease.attempt)
+        beat = _Heartbeat(ctx)
+        beat.start()
+        try:
+            state = _finish(settings, ctx, body)
+        finally:
+            beat.done.set()
+        log.info("job %s: %s", job_id, state)
+        return state
 
 
 def _finish(settings: Settings, ctx: JobContext, body: Callable[[JobContext], dict[str, Any]]) -> str:

@@ -1,0 +1,225 @@
+"""One training of one subject, from stored photos to a stored model.
+
+`train_subject` is shared by the Celery job (`run(ctx)`) and the local CLI: read the
+subject and its photos, resolve the config, make sure the class images exist, resume from
+a checkpoint if there is one, train, store the result, mark the subject ready, clean up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import update
+
+from core import jobs
+from core.db import session_scope
+from core.errors import LeaseLost, NotFound, UserFacingError
+from core.models import Subject
+from core.photos import validate_photo
+from core.settings import Settings
+from core.storage import Storage, storage_from_settings
+from core.train_config import TrainConfig, build_config
+from gpu_worker.runtime import TRANSIENT, JobCancelled, JobContext
+from gpu_worker.training import checkpoint
+from gpu_worker.training.class_images import ensure_class_images
+from gpu_worker.training.export import scratch_dir, write_full, write_lora
+from gpu_worker.training.models import load_components
+from gpu_worker.training.trainer import Hooks, Trainer
+
+log = logging.getLogger(__name__)
+MIN_TRAIN_SIDE = 64  # photos were checked at intake; this only guards against odd files
+
+
+@dataclass
+class SubjectInfo:
+    id: int
+    token: str
+    class_noun: str
+    base_model: str
+    status: str
+    photos: list[tuple[str, str]] = field(default_factory=list)  # (storage key, sha256)
+
+
+def artifact_key(subject_id: int, method: str) -> str:
+    return (
+        f"subjects/{subject_id}/lora.safetensors"
+        if method == "lora"
+        else f"subjects/{subject_id}/full.safetensors"
+    )
+
+
+def kohya_key(subject_id: int) -> str:
+    return f"subjects/{subject_id}/lora_kohya.safetensors"
+
+
+def _subject(settings: Settings, subject_id: int) -> SubjectInfo:
+    with session_scope(settings) as s:
+        subject = s.get(Subject, subject_id)
+        if subject is None:
+            raise NotFound(f"There is no subject #{subject_id} to train.")
+        photos = sorted(subject.photos, key=lambda p: p.id)
+        return SubjectInfo(
+            id=subject.id,
+            token=subject.token,
+            class_noun=subject.class_noun,
+            base_model=subject.base_model or settings.base_model,
+            status=subject.status,
+            photos=[(p.storage_key, p.sha256) for p in photos],
+        )
+
+
+def _set_subject(settings: Settings, subject_id: int, **values: Any) -> None:
+    with session_scope(settings) as s:
+        s.execute(update(Subject).where(Subject.id == subject_id).values(**values))
+
+
+def resolve_config(settings: Settings, overrides: dict[str, Any], files: tuple[str, ...] = ()) -> TrainConfig:
+    return build_config(deployment_file=settings.train_config, files=files, overrides=overrides)
+
+
+def _load_photos(storage: Storage, info: SubjectInfo) -> list[Any]:
+    if not info.photos:
+        raise UserFacingError("This subject has no photos yet; send 3–10 photos first.")
+    images = []
+    for key, _sha in info.photos:
+        name = key.rsplit("/", 1)[-1]
+        try:
+            data = storage.read_bytes(key)
+        except NotFound:
+            raise UserFacingError(f"photo {name} of this subject is missing from storage") from None
+        images.append(validate_photo(data, name, min_side=MIN_TRAIN_SIDE))
+    return images
+
+
+def train_subject(
+    settings: Settings,
+    subject_id: int,
+    overrides: dict[str, Any] | None = None,
+    hooks: Hooks | None = None,
+    config_files: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Train `subject_id` and store the result; returns the job's result dict."""
+    hooks = hooks or Hooks()
+    started = time.monotonic()
+    storage = storage_from_settings(settings)
+    info = _subject(settings, subject_id)
+    cfg = resolve_config(settings, dict(overrides or {}), config_files)
+    hooks.progress(phase="loading")
+    photos = _load_photos(storage, info)
+    comps = load_components(info.base_model)
+    cfg = cfg.resolved(n_photos=len(photos), resolution=comps.native_resolution)
+    assert cfg.resolution is not None
+    instance_prompt, class_prompt = cfg.prompts(info.token, info.class_noun)
+
+    class_imgs, generated = [], 0
+    if cfg.prior_preservation and cfg.prior_loss_weight > 0 and cfg.num_class_images > 0:
+        hooks.progress(phase="class_images", step=0, total=cfg.num_class_images)
+        result = ensure_class_images(
+            storage,
+            base_model=info.base_model,
+            prompt=class_prompt,
+            resolution=cfg.resolution,
+            count=cfg.num_class_images,
+            sample_steps=cfg.class_sample_steps,
+            guidance_scale=cfg.class_guidance_scale,
+            batch_size=cfg.class_batch_size,
+            progress=lambda done, total: hooks.progress(phase="class_images", step=done, total=total),
+        )
+        class_imgs, generated = result.images, result.generated
+
+    config_dict = cfg.model_dump(mode="json")
+    fp = checkpoint.fingerprint(config_dict, info.base_model, [h for _, h in info.photos], len(class_imgs))
+    hooks.progress(phase="caching")
+    trainer = Trainer(cfg, comps, photos, class_imgs, instance_prompt, class_prompt, fingerprint=fp)
+    state = checkpoint.load_latest(storage, subject_id, fp)
+    resumed_from = 0
+    if state is not None:
+        trainer.load_state_dict(state)
+        resumed_from = trainer.step
+        del state
+    outer_save = hooks.save_checkpoint
+
+    def save(step: int, state: dict[str, Any]) -> None:
+        checkpoint.save(storage, subject_id, step, state)
+        outer_save(step, state)
+
+    train_started = time.monotonic()
+    stats = trainer.train(Hooks(progress=hooks.progress, may_write=hooks.may_write, save_checkpoint=save))
+    train_seconds = time.monotonic() - train_started
+
+    hooks.progress(phase="saving", step=trainer.step, total=cfg.steps)
+    key = artifact_key(subject_id, cfg.method)
+    extra: dict[str, Any] = {}
+    with scratch_dir() as tmp:
+        if cfg.method == "lora":
+            main_path, kohya_path = write_lora(trainer, Path(tmp))
+            with kohya_path.open("rb") as f:
+                extra["kohya_key"] = kohya_key(subject_id)
+                extra["kohya_sha256"] = storage.put(extra["kohya_key"], f)
+        else:
+            main_path = write_full(trainer, Path(tmp))
+        with main_path.open("rb") as f:
+            sha = storage.put(key, f)
+    _set_subject(
+        settings, subject_id, artifact_key=key, artifact_sha256=sha, status="ready", method=cfg.method
+    )
+    checkpoint.clear(storage, subject_id)
+    trained = trainer.step - resumed_from
+    return {
+        "subject_id": subject_id,
+        "artifact_key": key,
+        "artifact_sha256": sha,
+        **extra,
+        "method": cfg.method,
+        "steps": trainer.step,
+        "resumed_from": resumed_from,
+        "checkpoints": stats.checkpoints,
+        "final_loss": stats.last_loss,
+        "instance_prompt": instance_prompt,
+        "class_prompt": class_prompt,
+        "class_images_used": len(class_imgs),
+        "class_images_generated": generated,
+        "precision": trainer.precision,
+        "seconds": round(time.monotonic() - started, 2),
+        "steps_per_s": round(trained / train_seconds, 3) if train_seconds > 0 and trained else None,
+        "config": config_dict,
+    }
+
+
+def run(ctx: JobContext) -> dict[str, Any]:
+    """The `gpu_worker.train` job. params: {"subject_id"?: int, <TrainConfig keys>?, "config"?: {...}};
+    the subject defaults to the job's first subject."""
+    subject_id = ctx.params.get("subject_id") or (ctx.subject_ids[0] if ctx.subject_ids else None)
+    if subject_id is None:
+        raise UserFacingError("This training job names no subject.")
+    # Training settings may sit at the top level of params ({"subject_kind": "pet"}) or
+    # under "config"; the latter wins.
+    overrides = {k: v for k, v in ctx.params.items() if k in TrainConfig.model_fields}
+    overrides.update(ctx.params.get("config") or {})
+    info = _subject(ctx.settings, int(subject_id))
+    previous = info.status
+    _set_subject(ctx.settings, info.id, status="training")
+
+    def may_write() -> bool:
+        try:
+            jobs.heartbeat(ctx.settings, ctx.lease)
+            return True
+        except LeaseLost:
+            return False
+
+    try:
+        return train_subject(
+            ctx.settings, info.id, overrides, Hooks(progress=ctx.progress, may_write=may_write)
+        )
+    except BaseException as exc:
+        # Cancelled or retried later: back to how it was. Failed for good: say so, unless
+        # an earlier training left a usable model (that one still works).
+        final = not isinstance(exc, JobCancelled | LeaseLost | KeyboardInterrupt | SoftTimeLimitExceeded)
+        final = final and not isinstance(exc, TRANSIENT)
+        _set_subject(ctx.settings, info.id, status="failed" if final and previous != "ready" else previous)
+        raise
