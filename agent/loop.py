@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from agent.llm import Completion, LLMClient, LLMError, OnDelta
 from agent.memory import estimate_tokens, load_turns, save_message, save_photos
+from agent.photo_policy import PLACEHOLDER, may_send_photos
 from agent.prompt import Turn, shape_messages, system_prompt, tool_output
 from agent.toolcalls import ToolCall, parse_reply
 from agent.tools import ToolContext, openai_tools, run_tool, tool_specs
@@ -97,7 +98,10 @@ class _Turn:
         system = system_prompt(
             tool_specs(), await asyncio.to_thread(self._context, len(photos)), native=native
         )
-        current = Turn("user", text, images=list(photos))
+        # Photos the endpoint may not see travel as a placeholder (agent/photo_policy.py).
+        shown = list(photos) if may_send_photos(self.settings) else []
+        user_text = text if shown or not photos else f"{text}\n\n{PLACEHOLDER.format(n=len(photos))}".strip()
+        current = Turn("user", user_text, images=shown)
         history = await asyncio.to_thread(self._history, system, current)
         msg_id = await asyncio.to_thread(
             save_message,

@@ -35,6 +35,11 @@ class TrainSubjectArgs(Args):
     name: str = Field(..., min_length=1, max_length=40, description="what the person calls it: Rex")
     class_noun: str = Field(..., min_length=1, max_length=40, description="one English noun: dog")
     subject_kind: Literal["object", "pet", "person"] | None = None
+    consent_confirmed: bool = Field(
+        False,
+        description="only true if the person explicitly confirmed they have the right to use "
+        "these photos (needed for photos of a person; ask them first)",
+    )
 
 
 class GenerateImagesArgs(Args):

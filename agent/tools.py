@@ -115,6 +115,8 @@ def _own_image(session: Any, ctx: ToolContext, image_id: int) -> tuple[Image, Jo
     job = session.get(Job, image.job_id) if image is not None else None
     if image is None or job is None or job.owner_id != ctx.user_id:
         raise ToolError(f"Image #{image_id} is not one of this person's images.")
+    if image.hidden_at is not None:
+        raise ToolError(f"Image #{image_id} was reported and is hidden while an admin reviews it.")
     return image, job
 
 
@@ -198,6 +200,7 @@ def train_subject(ctx: ToolContext, args: TrainSubjectArgs) -> dict[str, Any]:
         conversation_id=ctx.conversation_id,
         idempotency_key=ctx.next_key(),
         subject_kind=args.subject_kind,
+        consent=args.consent_confirmed,
     )
     ctx.done(started.job_id)
     if started.existing:  # this event already started it
@@ -262,7 +265,7 @@ def _job_view(job: Job) -> dict[str, Any]:
         "status": job.status,
         "progress": job.progress or {},
         "error": job.error,
-        "image_ids": [i.id for i in job.images],
+        "image_ids": [i.id for i in job.images if i.hidden_at is None],
     }
 
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BUTTON_PREFIX = "db"
-ACTIONS = {"v": "variations", "u": "upscale", "r": "reroll", "d": "delete"}
+ACTIONS = {"v": "variations", "u": "upscale", "r": "reroll", "d": "delete", "x": "report"}
+FORGET = "f"  # db:f:<token>: confirms a /forget (the token says what, for whom, until when)
+MAX_BUTTONS = 25  # Discord: 5 rows of 5; Slack: one actions block
 
 
 @dataclass(frozen=True)
@@ -58,15 +60,38 @@ def parse_button_id(custom_id: str) -> tuple[str, int] | None:
     return ACTIONS[parts[1]], int(parts[2])
 
 
+def forget_button_id(token: str) -> str:
+    return f"{BUTTON_PREFIX}:{FORGET}:{token}"
+
+
+def parse_forget_id(custom_id: str) -> str | None:
+    """The token of a 'db:f:<token>' confirmation button; None for anything else."""
+    prefix = f"{BUTTON_PREFIX}:{FORGET}:"
+    return custom_id[len(prefix) :] or None if custom_id.startswith(prefix) else None
+
+
 def image_buttons(job_id: int, image_ids: list[int]) -> list[Button]:
-    """Per image: variations and upscale; per message: reroll and delete (≤ 22 for 10 images)."""
+    """Per image: variations and upscale; per message: reroll and delete; then a Report
+    button per image (anyone may press it: the image is hidden and goes to the admins).
+
+    At most `MAX_BUTTONS`: with more than 7 images the per-image Report buttons become one
+    that reports every image of the message (see `reports_whole_message`)."""
     buttons: list[Button] = []
     for n, image_id in enumerate(image_ids, start=1):
         buttons.append(Button(f"V{n}", button_id("v", image_id)))
         buttons.append(Button(f"U{n}", button_id("u", image_id)))
     buttons.append(Button("🎲 Reroll", button_id("r", job_id), "primary"))
     buttons.append(Button("🗑 Delete", button_id("d", job_id), "danger"))
+    if not reports_whole_message(len(image_ids)):
+        buttons += [Button(f"🚩{n}", button_id("x", i)) for n, i in enumerate(image_ids, start=1)]
+    elif image_ids:
+        buttons.append(Button("🚩 Report", button_id("x", image_ids[0])))
     return buttons
+
+
+def reports_whole_message(n_images: int) -> bool:
+    """True when a message of `n_images` has one Report button for all its images."""
+    return 3 * n_images + 2 > MAX_BUTTONS
 
 
 def _title(job: JobSnapshot) -> str:

@@ -163,6 +163,17 @@ def up(
 
 
 @app.command()
+def retention(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only count what would be removed")] = False,
+) -> None:
+    """Delete what the retention settings no longer keep (the bot also does this hourly)."""
+    from core.retention import clean_up
+
+    report = clean_up(_settings(), dry_run=dry_run)
+    typer.echo(str(report))
+
+
+@app.command()
 def doctor(
     selftest_timeout: Annotated[float, typer.Option(help="seconds to wait for the worker selftest")] = 30,
 ) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from bot.cards import Button, Card, JobSnapshot, image_buttons, render_card
 from core.db import session_scope
 from core.dbclock import db_now
+from core.logs import bind_job
 from core.models import Conversation, Image, Job, OutboxItem, Subject
 from core.settings import Settings
 from core.storage import storage_from_settings
@@ -196,6 +197,10 @@ class Delivery:
         poster = self.posters.get(target.platform)
         if poster is None:
             return
+        with bind_job(item.job_id):  # delivery's lines carry the job id, like the worker's
+            await self._deliver_item(poster, item, target)
+
+    async def _deliver_item(self, poster: Poster, item: OutboxItem, target: Target) -> None:
         try:
             if item.kind == "job_card":
                 await self._deliver_card(poster, item, target)
@@ -235,6 +240,7 @@ class Delivery:
         await asyncio.to_thread(self._mark_posting, item.id)
         message_id = await poster.post(target, message, nonce)
         await asyncio.to_thread(self._posted, item.id, message_id)
+        log.info("outbox %s: %s posted to %s as %s", item.id, item.kind, target.platform, message_id)
 
     # -- database helpers (run in a thread) --------------------------------------------------
 
@@ -288,7 +294,13 @@ class Delivery:
         storage = storage_from_settings(self.settings)
         with session_scope(self.settings) as s:
             job = s.get(Job, item.job_id)
-            images = list(s.scalars(select(Image).where(Image.job_id == item.job_id).order_by(Image.id)))
+            images = list(
+                s.scalars(
+                    select(Image)
+                    .where(Image.job_id == item.job_id, Image.hidden_at.is_(None))  # reported: not posted
+                    .order_by(Image.id)
+                )
+            )
             files = [
                 (f"dreambot-{job.id if job else 0}-{n + 1}.png", storage.read_bytes(img.storage_key))
                 for n, img in enumerate(images)

@@ -1,12 +1,14 @@
 """The bot process's asyncio side: adapters, delivery and the web server in one loop.
 
 Each platform adapter is started when its settings are present (Discord token, Slack
-tokens); the web playground always runs. Stopping sets one event; everything winds down.
+tokens); the web playground always runs, and so does the periodic retention clean-up.
+Stopping sets one event; everything winds down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Protocol
 
@@ -14,6 +16,7 @@ import uvicorn
 
 from bot.delivery import Delivery, Poster
 from bot.service import ConversationService
+from core import retention
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,19 @@ def build_adapters(settings: Settings, service: ConversationService) -> list[Ada
     return adapters
 
 
+async def clean_up_periodically(settings: Settings, stop: asyncio.Event) -> None:
+    """Enforce the retention settings every RETENTION_INTERVAL seconds (0: never)."""
+    interval = settings.retention_interval
+    while interval and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+            return
+        try:
+            await asyncio.to_thread(retention.clean_up, settings)
+        except Exception:  # a database blip must not end the loop
+            log.exception("retention clean-up failed; trying again next interval")
+
+
 async def run_bot(settings: Settings, web_app: object, stop: asyncio.Event | None = None) -> None:
     """Serve `web_app` with uvicorn beside every configured adapter and delivery until stopped."""
     stop = stop or asyncio.Event()
@@ -57,6 +73,7 @@ async def run_bot(settings: Settings, web_app: object, stop: asyncio.Event | Non
     tasks = [
         asyncio.create_task(server.serve(), name="web"),
         asyncio.create_task(delivery.run(stop), name="delivery"),
+        asyncio.create_task(clean_up_periodically(settings, stop), name="retention"),
     ]
     tasks += [asyncio.create_task(a.run(stop), name=a.platform) for a in adapters]
     for adapter in adapters:

@@ -24,14 +24,15 @@ from sqlalchemy.exc import IntegrityError
 
 from agent import tools as agent_tools
 from agent.loop import handle_message
-from bot.cards import parse_button_id
+from bot import privacy
+from bot.cards import Button, parse_button_id, parse_forget_id
 from core import jobs, quotas
 from core.db import get_engine, session_scope
 from core.dbclock import db_now
-from core.errors import UserFacingError
+from core.errors import NotFound, UserFacingError
 from core.models import Conversation, Job, PlatformEvent, Subject, User
 from core.settings import Settings
-from core.subjects import start_training
+from core.subjects import ConsentRequired, start_training
 
 INTERACTION_LIFETIME = timedelta(minutes=15)
 MAX_UPLOAD_BYTES = 40 * 1024 * 1024  # larger files are refused before decoding
@@ -66,8 +67,10 @@ class Reply:
     job_ids: list[int] = field(default_factory=list)
     ephemeral: bool = False  # only the speaker sees it (where the platform can)
     duplicate: bool = False  # this event was handled before: post nothing
-    delete_job_id: int | None = None  # "delete" pressed: remove that job's result message
+    delete_job_id: int | None = None  # "delete" or "report" pressed: remove that job's result message
     recorded: bool = False  # the agent kept this exchange in the conversation history
+    buttons: list[Button] = field(default_factory=list)  # to show under the reply (/forget's confirm)
+    needs_consent: bool = False  # /train of a person without consent: ask, then call again with it
 
 
 class ConversationService:
@@ -76,9 +79,29 @@ class ConversationService:
 
     # -- commands -----------------------------------------------------------------------
 
-    async def train(self, origin: Origin, name: str, class_noun: str, uploads: list[Upload]) -> Reply:
-        """`/train`: check the photos, create the subject and queue its training."""
-        return await self._guarded(origin, self._train, name, class_noun, uploads)
+    async def train(
+        self,
+        origin: Origin,
+        name: str,
+        class_noun: str,
+        uploads: list[Upload],
+        consent: bool = False,
+        keep_photos: bool = False,
+    ) -> Reply:
+        """`/train`: check the photos, create the subject and queue its training.
+
+        `consent`: the uploader confirmed they may use these photos (required for a person;
+        without it the reply has `needs_consent` and nothing is created). `keep_photos`:
+        keep the training photos after the model is trained (default: deleted)."""
+        return await self._guarded(origin, self._train, name, class_noun, uploads, consent, keep_photos)
+
+    async def forget(self, origin: Origin, subject_name: str | None = None, confirm: bool = False) -> Reply:
+        """`/forget [subject]`: delete one subject, or everything of this person.
+
+        Without `confirm` the reply says what would be deleted and carries a "Forget"
+        button (`db:f:<token>`, handled by `press`); with it, it is done at once. Blocked
+        people may forget too; someone unknown is told there is nothing to delete."""
+        return await self._as_known(origin, self._forget, subject_name, confirm)
 
     async def chat(self, origin: Origin, text: str, uploads: list[Upload]) -> Reply:
         """A message in a thread: the agent reads it (and its photos) and acts."""
@@ -104,7 +127,10 @@ class ConversationService:
         return await self._guarded(origin, self._imagine, prompt, n)
 
     async def press(self, origin: Origin, custom_id: str) -> Reply:
-        """A button under a result: variations, upscale, reroll or delete."""
+        """A button: variations, upscale, reroll, delete or report under a result, or the
+        confirmation of /forget."""
+        if (token := parse_forget_id(custom_id)) is not None:
+            return await self._as_known(origin, self._confirm_forget, token)
         return await self._guarded(origin, self._press, custom_id)
 
     async def models(self, origin: Origin) -> Reply:
@@ -136,6 +162,16 @@ class ConversationService:
         except UserFacingError as exc:
             return Reply(str(exc), ephemeral=True)
 
+    async def _as_known(self, origin: Origin, fn: Any, *args: Any) -> Reply:
+        """Like `_guarded` for a person's own data: `fn(user_id, origin, *args)` runs for a
+        person already known (nothing is created) and a blocked person may act too."""
+        if not await asyncio.to_thread(self._first_time, origin):
+            return Reply("", duplicate=True)
+        try:
+            return await asyncio.to_thread(lambda: fn(self._known_user(origin), origin, *args))
+        except UserFacingError as exc:
+            return Reply(str(exc), ephemeral=True)
+
     def _first_time(self, origin: Origin) -> bool:
         """Record the platform event; False when it was seen before."""
         if not origin.event_id:
@@ -146,6 +182,18 @@ class ConversationService:
         except IntegrityError:
             return False
         return True
+
+    def _known_user(self, origin: Origin) -> int:
+        """The person's id without creating them (forgetting must not add a row)."""
+        with session_scope(self.settings) as s:
+            user_id = s.scalar(
+                select(User.id).where(
+                    User.platform == origin.platform, User.platform_user_id == origin.user_id
+                )
+            )
+        if user_id is None:
+            raise NotFound("I have nothing stored about you, so there is nothing to forget.")
+        return user_id
 
     def _who_and_where(self, origin: Origin) -> tuple[int, int]:
         """The person (created on first contact) and the conversation record to post to."""
@@ -201,22 +249,45 @@ class ConversationService:
     # -- the commands' bodies (in a worker thread) ----------------------------------------
 
     def _train(
-        self, ctx: agent_tools.ToolContext, name: str, class_noun: str, uploads: list[Upload]
+        self,
+        ctx: agent_tools.ToolContext,
+        name: str,
+        class_noun: str,
+        uploads: list[Upload],
+        consent: bool,
+        keep_photos: bool,
     ) -> Reply:
-        started = start_training(
-            self.settings,
-            owner_id=ctx.user_id,
-            name=name,
-            class_noun=class_noun,
-            photos=[(u.data, u.filename) for u in _check_sizes(uploads)],
-            conversation_id=ctx.conversation_id,
-            idempotency_key=ctx.next_key(),
-        )
+        try:
+            started = start_training(
+                self.settings,
+                owner_id=ctx.user_id,
+                name=name,
+                class_noun=class_noun,
+                photos=[(u.data, u.filename) for u in _check_sizes(uploads)],
+                conversation_id=ctx.conversation_id,
+                idempotency_key=ctx.next_key(),
+                consent=consent,
+                keep_photos=keep_photos,
+            )
+        except ConsentRequired as exc:
+            return Reply(str(exc), ephemeral=True, needs_consent=True)
         return Reply(
             f"Got {len(uploads)} photos of {name} — training has started. I'll keep this message "
             f"updated and tell you when {name} is ready.",
             job_ids=[started.job_id],
         )
+
+    def _forget(self, user_id: int, origin: Origin, subject_name: str | None, confirm: bool) -> Reply:
+        if confirm:
+            answer = privacy.forget_now(self.settings, user_id, subject_name, origin.platform)
+        else:
+            answer = privacy.ask_to_forget(self.settings, user_id, subject_name)
+        return Reply(answer.text, ephemeral=True, buttons=answer.buttons)
+
+    def _confirm_forget(self, user_id: int, origin: Origin, token: str) -> Reply:
+        subject_id = privacy.read_forget_token(self.settings, user_id, token)
+        answer = privacy.do_forget(self.settings, user_id, subject_id, origin.platform)
+        return Reply(answer.text, ephemeral=True)
 
     def _imagine(self, ctx: agent_tools.ToolContext, prompt: str, n: int) -> Reply:
         with session_scope(self.settings) as s:
@@ -242,6 +313,9 @@ class ConversationService:
             out = agent_tools.upscale_image(ctx, agent_tools.ImageArgs(image_id=target))
         elif action == "reroll":
             out = self._reroll(ctx, target)
+        elif action == "report":
+            answer = privacy.report_image(self.settings, ctx.user_id, target)
+            return Reply(answer.text, ephemeral=True, delete_job_id=answer.delete_job_id)
         else:
             self._own_job(ctx, target)
             return Reply("Deleted.", ephemeral=True, delete_job_id=target)

@@ -24,6 +24,7 @@ from core import queue as queues
 from core.db import session_scope
 from core.dbclock import db_now
 from core.errors import IllegalTransition, LeaseLost, NotFound
+from core.logs import bind_job
 from core.models import Image, Job, Subject
 from core.quotas import check_job_quota
 from core.settings import Settings
@@ -120,13 +121,15 @@ def _by_key(session: Session, key: str | None) -> Job | None:
 
 def send(settings: Settings, job: Job) -> bool:
     """Send (or re-send) the task for `job` and note when; False if the broker failed."""
-    try:
-        queues.send_job(settings, job.kind, job.id, job.queue)
-    except Exception as exc:  # broker down: the sweeper will try again
-        log.warning("job %s: could not reach the broker (%s); the sweeper will resend", job.id, exc)
-        return False
-    with session_scope(settings) as session:
-        session.execute(update(Job).where(Job.id == job.id).values(sent_at=db_now()))
+    with bind_job(job.id):
+        try:
+            queues.send_job(settings, job.kind, job.id, job.queue)
+        except Exception as exc:  # broker down: the sweeper will try again
+            log.warning("job %s: could not reach the broker (%s); the sweeper will resend", job.id, exc)
+            return False
+        with session_scope(settings) as session:
+            session.execute(update(Job).where(Job.id == job.id).values(sent_at=db_now()))
+        log.info("job %s: %s sent to queue %s", job.id, job.kind, job.queue)
     return True
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -90,6 +91,13 @@ class Subject(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     artifact_key: Mapped[str | None] = mapped_column(String(512))
     artifact_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Consent for photos of a person: when, by whom (platform:user id) and what they
+    # confirmed, as the uploader saw it. NULL: never confirmed (refused for people).
+    consent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    consent_by: Mapped[str | None] = mapped_column(String(160))
+    consent_text: Mapped[str | None] = mapped_column(Text)
+    # Retention: training photos are deleted once the model is trained unless kept.
+    keep_photos: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime, server_default=db_now(), onupdate=db_now(), nullable=False
@@ -188,6 +196,12 @@ class Image(Base):
     prompt: Mapped[str] = mapped_column(Text)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
+    # Moderation: a reported image is hidden for everyone at once and waits for an admin
+    # (review "pending"); "dismissed" means an admin looked and put it back.
+    hidden_at: Mapped[datetime | None] = mapped_column(DateTime)
+    review: Mapped[str | None] = mapped_column(String(16), index=True)
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime)
+    reported_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = _now()
 
     job: Mapped[Job] = relationship(back_populates="images")

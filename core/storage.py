@@ -3,7 +3,7 @@
 Keys are relative, slash-separated paths (`subjects/12/photos/3.jpg`). `LocalStorage`
 writes atomically (temporary file, fsync, rename), so a reader sees the whole file or
 nothing, and it refuses keys that are absolute or climb out of its root. `Storage` is
-the interface an object-store implementation fills in the same way.
+the interface; `core.storage_s3.S3Storage` fills it in for `s3://bucket/prefix` URLs.
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from core.errors import NotFound, StorageKeyError
+from core.errors import DreambotError, NotFound, StorageKeyError
 from core.settings import Settings
 
 CHUNK = 1024 * 1024
+
+
+class ChecksumMismatch(DreambotError):
+    """Bytes read back from storage do not match the sha256 recorded when they were written."""
 
 
 def validate_key(key: str) -> str:
@@ -157,7 +161,7 @@ def sha256_bytes(data: bytes) -> str:
 def storage_from_settings(settings: Settings) -> Storage:
     url = settings.resolved_storage_url
     if url.startswith("s3://"):
-        raise NotImplementedError(
-            "DREAMBOT_STORAGE_URL=s3://… is not available in this version; use a folder"
-        )
+        from core.storage_s3 import s3_storage_from_settings  # boto3 only where S3 is used
+
+        return s3_storage_from_settings(settings)
     return LocalStorage(url.removeprefix("file://"))

@@ -65,6 +65,8 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
 
     name = sender.hostname
     queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
+    # A fresh host with S3 storage may have no data folder yet (it holds the caches).
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     _record_presence(name, queues, describe_machine(str(settings.data_dir)))
     threading.Thread(target=_presence_loop, args=(name,), daemon=True).start()
     log.info("worker %s ready on %s", name, queues)

@@ -5,7 +5,11 @@ Two levels, so the hundredth person's dog costs no more than the first:
 * `LoraDiskCache` keeps adapter files fetched from storage under the worker's data folder,
   named by their sha256 and checked against it before use; a damaged copy is fetched
   again, a damaged original is refused. The folder is bounded in bytes, least recently
-  used first out. A file lock makes it safe for several worker processes on one host.
+  used first out. A file lock makes it safe for several worker processes on one host
+  (the train and sample workers of every GPU share one folder): one fetch at a time, no
+  half-written file ever under its final name, and leftovers of a killed process are
+  removed. A path handed out was used last, so it is evicted last: size the bound for at
+  least (worker processes on the host) x (adapters in one job) of the largest files.
 * `ResidentAdapters` keeps up to `capacity` adapters loaded in the resident pipeline as
   named peft adapters. A request only calls `set_adapters` (milliseconds) when its
   adapters are already resident; beyond capacity the least recently used one is deleted
@@ -28,7 +32,7 @@ from typing import Any
 from filelock import FileLock
 
 from core.errors import NotFound, UserFacingError
-from core.storage import CHUNK, Storage
+from core.storage import CHUNK, ChecksumMismatch, Storage
 
 log = logging.getLogger(__name__)
 SUFFIX = ".safetensors"
@@ -65,6 +69,7 @@ class LoraDiskCache:
         """A local path whose content is exactly `sha256`, fetched from `key` if needed."""
         path = self.path_for(sha256)
         with self._lock:
+            self._drop_partials()
             if path.is_file():
                 if file_sha256(path) == sha256:
                     os.utime(path)  # mtime = last use, for the LRU
@@ -85,11 +90,15 @@ class LoraDiskCache:
                 raise DamagedAdapter(
                     f"The trained model for {what} is missing from storage; please train it again."
                 ) from None
-            with src, tmp.open("wb") as out:
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-            if digest.hexdigest() != sha256:
+            try:
+                with src, tmp.open("wb") as out:
+                    while chunk := src.read(CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                damaged = digest.hexdigest() != sha256
+            except ChecksumMismatch:  # the store noticed first (S3 keeps each object's sha256)
+                damaged = True
+            if damaged:
                 raise DamagedAdapter(
                     f"The trained model for {what} is damaged (its checksum does not match); "
                     "please train it again."
@@ -97,6 +106,12 @@ class LoraDiskCache:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _drop_partials(self) -> None:
+        # Fetches run under the lock, so a `.part` seen while holding it belongs to a
+        # process that died mid-download: it is garbage, never a file being written.
+        for part in self.root.glob(".*.part"):
+            part.unlink(missing_ok=True)
 
     def _trim(self, keep: Path) -> None:
         files = sorted(self.root.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime)

@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -14,6 +15,9 @@ from core import migrate
 from core.db import dispose_engines
 from core.settings import Settings
 from tests.helpers.profile import PG_URL, REDIS_HOST, REDIS_PORT, make_test_settings, port_open
+
+if TYPE_CHECKING:
+    from tests.helpers.s3 import S3Server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -76,3 +80,12 @@ def redis_ready() -> None:
 @pytest.fixture
 def rabbitmq_ready() -> None:
     require_service("127.0.0.1", 5672, "RabbitMQ")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server on a free 127.0.0.1 port (real HTTP), one per test process."""
+    from tests.helpers.s3 import moto_server
+
+    with moto_server() as server:
+        yield server

@@ -1,4 +1,4 @@
-"""The admin dashboard at /admin: overview, jobs, people, subjects, images, SQL console, audit log.
+"""The admin dashboard at /admin: overview, jobs, people, subjects, images, reports, SQL console, audit log.
 
 `mount_dashboard(app, settings)` adds it to an existing FastAPI app (the web server
 that also serves the playground); `create_dashboard_app(settings)` is the standalone
@@ -24,13 +24,13 @@ def mount_dashboard(app: FastAPI, settings: Settings) -> None:
     from fastapi.responses import RedirectResponse
     from fastapi.staticfiles import StaticFiles
 
-    from bot.dashboard import routes_auth, routes_jobs, routes_people, routes_sql
+    from bot.dashboard import routes_auth, routes_jobs, routes_moderation, routes_people, routes_sql
     from bot.dashboard.auth import DashboardState
 
     app.state.dashboard = DashboardState(settings)
     app.mount("/admin/static", StaticFiles(directory=STATIC_DIR), name="admin-static")
     router = APIRouter(prefix="/admin")
-    for module in (routes_auth, routes_jobs, routes_people, routes_sql):
+    for module in (routes_auth, routes_jobs, routes_people, routes_sql, routes_moderation):
         router.include_router(module.router)
     app.include_router(router)
 

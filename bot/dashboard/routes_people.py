@@ -12,6 +12,7 @@ from sqlalchemy import delete, desc, func, or_, select, update
 from bot.dashboard import audit
 from bot.dashboard.auth import Admin, AdminPost, state_of
 from bot.dashboard.web import SECURITY_HEADERS, back, page_of, render
+from core import forget as forgetting
 from core import quotas
 from core.db import session_scope
 from core.errors import NotFound, StorageKeyError
@@ -98,6 +99,19 @@ async def person_block(request: Request, user_id: int, admin: AdminPost) -> Resp
     return back(f"/admin/people/{user_id}", msg="Blocked." if blocked else "Unblocked.")
 
 
+@router.post("/people/{user_id}/forget")
+async def person_forget(request: Request, user_id: int, admin: AdminPost) -> Response:
+    """Delete everything of this person (core.forget; it writes the audit row)."""
+    settings = state_of(request).settings
+    if (await request.form()).get("confirm") != "forget":
+        return back(f"/admin/people/{user_id}", err="Type forget in the box to confirm.")
+    try:
+        done = forgetting.forget(settings, user_id, actor=admin.username)
+    except NotFound:
+        raise HTTPException(404, f"There is no person #{user_id}.") from None
+    return back("/admin/people", msg=f"Forgot person #{user_id}: {done.summary()}.")
+
+
 @router.get("/subjects", response_class=HTMLResponse)
 def subjects(request: Request, admin: Admin) -> HTMLResponse:
     settings = state_of(request).settings
@@ -122,7 +136,7 @@ def _samples_of(session: Any, subject_id: int, limit: int = 60) -> list[Image]:
         session.scalars(
             select(Image)
             .join(Job, Job.id == Image.job_id)
-            .where(or_(Job.subject_id == subject_id, Job.id.in_(uses)))
+            .where(or_(Job.subject_id == subject_id, Job.id.in_(uses)), Image.hidden_at.is_(None))
             .order_by(desc(Image.id))
             .limit(limit)
         )
@@ -194,10 +208,13 @@ def _delete_quietly(storage: Any, key: str) -> bool:
 def gallery(request: Request, admin: Admin) -> HTMLResponse:
     settings = state_of(request).settings
     with session_scope(settings) as session:
-        total = session.scalar(select(func.count(Image.id))) or 0
+        shown = Image.hidden_at.is_(None)  # reported images wait in /admin/reports instead
+        total = session.scalar(select(func.count(Image.id)).where(shown)) or 0
         page = page_of(request, total, size=48)
         images = list(
-            session.scalars(select(Image).order_by(desc(Image.id)).offset(page.offset).limit(page.size))
+            session.scalars(
+                select(Image).where(shown).order_by(desc(Image.id)).offset(page.offset).limit(page.size)
+            )
         )
     return render(request, "images.html", admin, images=images, page=page)
 

@@ -142,8 +142,13 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
         class_noun: Annotated[str, Form()] = "",
         event_id: Annotated[str, Form()] = "",
         files: Annotated[list[UploadFile] | None, File()] = None,
+        consent: Annotated[bool, Form()] = False,
+        keep_photos: Annotated[bool, Form()] = False,
     ) -> JSONResponse:
-        return _reply(await service.train(_origin(who, event_id), name, class_noun, await _uploads(files)))
+        uploads = await _uploads(files)
+        return _reply(
+            await service.train(_origin(who, event_id), name, class_noun, uploads, consent, keep_photos)
+        )
 
     @router.post("/api/imagine")
     async def imagine(
@@ -175,7 +180,12 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
                 select(Image.storage_key)
                 .join(Job, Job.id == Image.job_id)
                 .join(User, User.id == Job.owner_id)
-                .where(Image.id == image_id, User.platform == PLATFORM, User.platform_user_id == who)
+                .where(
+                    Image.id == image_id,
+                    Image.hidden_at.is_(None),  # reported: hidden for everyone
+                    User.platform == PLATFORM,
+                    User.platform_user_id == who,
+                )
             ).first()
         if row is None:
             raise HTTPException(404, "No such image.")
@@ -255,7 +265,8 @@ def _job_item(session: Any, job: Job) -> dict[str, Any]:
     percent = None
     if job.status == "running" and progress.get("total"):
         percent = round(100 * int(progress.get("step", 0)) / max(1, int(progress["total"])))
-    image_ids = [i.id for i in sorted(job.images, key=lambda i: i.id)] if job.status == "succeeded" else []
+    shown = [i for i in job.images if i.hidden_at is None]  # reported images are hidden
+    image_ids = [i.id for i in sorted(shown, key=lambda i: i.id)] if job.status == "succeeded" else []
     return {
         "type": "job",
         "id": job.id,

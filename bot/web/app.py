@@ -1,17 +1,20 @@
-"""The web server: the playground at `/`, health at `/healthz`, the admin dashboard at `/admin`."""
+"""The web server: the playground at `/`, health at `/healthz`, Prometheus at `/metrics`,
+the admin dashboard at `/admin`."""
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 
 from bot.dashboard import mount_dashboard
 from bot.platforms.web import WebPoster, playground_router
 from bot.service import ConversationService
+from core import metrics
 from core.db import session_scope
 from core.dbclock import db_now
 from core.models import Job, Worker
@@ -37,6 +40,18 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return health(settings)
+
+    registry = metrics.make_registry(settings)
+
+    @app.get("/metrics")
+    def prometheus(request: Request) -> Response:
+        # A plain def: FastAPI runs it in a thread, so the database reads never block the loop.
+        token = settings.metrics_token
+        if token is not None:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
+            if not hmac.compare_digest(given, token.get_secret_value().encode()):
+                raise HTTPException(401, "bearer token required", {"WWW-Authenticate": "Bearer"})
+        return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE_LATEST)
 
     # The playground at `/`: delivery posts to it through `app.state.poster`.
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -61,7 +61,9 @@ async def test_card_is_edited_in_place_and_images_posted_once(sqlite_settings: S
     poster = RecordingPoster()
     delivery = Delivery(sqlite_settings, {"test": poster})
     conv = conversation(sqlite_settings)
-    job = jobs.submit(sqlite_settings, kind="sample", conversation_id=conv, params={"prompt": "zwx dog", "n": 1})
+    job = jobs.submit(
+        sqlite_settings, kind="sample", conversation_id=conv, params={"prompt": "zwx dog", "n": 1}
+    )
     await run_passes(delivery)
     assert poster.log == [("post", "m1", "🎨 1 image of “zwx dog” — queued #1")]
     lease = jobs.claim(sqlite_settings, job.id, "w")
@@ -73,7 +75,9 @@ async def test_card_is_edited_in_place_and_images_posted_once(sqlite_settings: S
     assert poster.messages["m1"].preview is not None
     key = f"jobs/{job.id}/0.png"
     storage_from_settings(sqlite_settings).put(key, png(2))
-    image_id = jobs.add_image(sqlite_settings, lease, storage_key=key, seed=3, prompt="p", width=64, height=64)
+    image_id = jobs.add_image(
+        sqlite_settings, lease, storage_key=key, seed=3, prompt="p", width=64, height=64
+    )
     jobs.finish(sqlite_settings, lease, {"image_ids": [image_id]})
     await run_passes(delivery, 3)
     verbs = [(verb, mid) for verb, mid, _ in poster.log[2:]]
@@ -129,12 +133,24 @@ async def test_refused_forever_is_recorded(sqlite_settings: Settings) -> None:
 
 def test_card_texts() -> None:
     def card(status: str, **kw: object) -> str:
-        snap = JobSnapshot(1, "train", status, kw.get("progress", {}), {}, None, kw.get("error"),
-                           int(kw.get("position", 0)), "Rex")
+        snap = JobSnapshot(
+            1,
+            "train",
+            status,
+            kw.get("progress", {}),
+            {},
+            None,
+            kw.get("error"),
+            int(kw.get("position", 0)),
+            "Rex",
+        )
         return render_card(snap).text
 
     assert card("queued", position=2) == "🧠 Training Rex — queued #2"
-    assert card("running", progress={"step": 5, "total": 10, "phase": "training"}) == "🧠 Training Rex — 50% (training)"
+    assert (
+        card("running", progress={"step": 5, "total": 10, "phase": "training"})
+        == "🧠 Training Rex — 50% (training)"
+    )
     assert card("running") == "🧠 Training Rex — starting…"
     assert "on the moon" in card("succeeded")
     assert card("failed", error="out of memory") == "🧠 Training Rex — failed: out of memory"

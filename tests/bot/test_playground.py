@@ -20,11 +20,15 @@ def test_train_and_watch_the_card(sqlite_settings: Settings) -> None:
     page = browser.get("/")
     assert page.status_code == 200 and "dreambot_web" in page.cookies
     files = [("files", (f"dog{i}.jpg", jpeg(i), "image/jpeg")) for i in range(4)]
-    reply = browser.post("/api/train", data={"name": "Rex", "class_noun": "dog", "event_id": "e1"}, files=files)
+    reply = browser.post(
+        "/api/train", data={"name": "Rex", "class_noun": "dog", "event_id": "e1"}, files=files
+    )
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert len(body["job_ids"]) == 1 and not body["duplicate"]
-    again = browser.post("/api/train", data={"name": "Rex", "class_noun": "dog", "event_id": "e1"}, files=files)
+    again = browser.post(
+        "/api/train", data={"name": "Rex", "class_noun": "dog", "event_id": "e1"}, files=files
+    )
     assert again.json()["duplicate"] is True  # a double click is one training
     items = browser.get("/api/feed").json()["items"]
     assert [(i["type"], i["status"]) for i in items] == [("job", "queued")]
@@ -53,16 +57,19 @@ def test_images_are_private_to_their_browser(sqlite_settings: Settings) -> None:
     files = [("files", (f"m{i}.jpg", jpeg(i), "image/jpeg")) for i in range(3)]
     owner.post("/api/train", data={"name": "Mug", "class_noun": "mug"}, files=files)
     sample = owner.post("/api/imagine", data={"prompt": "a mug on the moon", "n": "1"}).json()
-    assert "job_ids" in sample and sample["job_ids"], sample
+    assert sample.get("job_ids"), sample
     job_id = sample["job_ids"][0]
     lease = jobs.claim(sqlite_settings, job_id, "w")
     assert lease is not None
     storage_from_settings(sqlite_settings).put(f"jobs/{job_id}/0.png", png(5))
-    image_id = jobs.add_image(sqlite_settings, lease, storage_key=f"jobs/{job_id}/0.png", seed=1, prompt="p",
-                              width=64, height=64)
+    image_id = jobs.add_image(
+        sqlite_settings, lease, storage_key=f"jobs/{job_id}/0.png", seed=1, prompt="p", width=64, height=64
+    )
     jobs.finish(sqlite_settings, lease, {"image_ids": [image_id]})
-    done = [i for i in owner.get("/api/feed").json()["items"] if i.get("id") == job_id][0]
-    assert done["images"] == [f"/api/images/{image_id}"] and any(b["label"] == "🎲 Reroll" for b in done["buttons"])
+    done = next(i for i in owner.get("/api/feed").json()["items"] if i.get("id") == job_id)
+    assert done["images"] == [f"/api/images/{image_id}"] and any(
+        b["label"] == "🎲 Reroll" for b in done["buttons"]
+    )
     assert owner.get(done["images"][0]).content == png(5)
     assert stranger.get(done["images"][0]).status_code == 404
     assert client(sqlite_settings).get("/api/feed").status_code == 400  # no cookie, no person

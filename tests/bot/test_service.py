@@ -80,8 +80,9 @@ async def ready_subject(settings: Settings, service: ConversationService) -> tup
 def finish_sample(settings: Settings, job_id: int) -> int:
     lease = jobs.claim(settings, job_id, "w")
     assert lease is not None
-    image_id = jobs.add_image(settings, lease, storage_key=f"jobs/{job_id}/0.png", seed=1, prompt="p",
-                              width=64, height=64)
+    image_id = jobs.add_image(
+        settings, lease, storage_key=f"jobs/{job_id}/0.png", seed=1, prompt="p", width=64, height=64
+    )
     jobs.finish(settings, lease, {"image_ids": [image_id]})
     return image_id
 

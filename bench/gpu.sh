@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU benchmark: ours and the reference in ONE run (at most ~8 minutes), SD-1.5 architecture
+# with random weights (speed does not depend on the weights; nothing is downloaded).
+#
+#   device call:  bash bench/gpu.sh          (carry [".gpu"]; see docs/benchmarks.md for .gpu/)
+#   CPU dry run:  TINY=1 bash bench/gpu.sh   (tiny model, seconds; checks the plumbing)
+#
+# Items, each under `timeout`: build the model (gpu-anchor/make_model.py) -> training
+# (bench/bench_train.py: class images, LoRA at S1 and S2 steps, ours vs diffusers'
+# train_dreambooth_lora.py v0.40.0) -> sampling (bench/bench_sample.py: ours vs a plain
+# StableDiffusionPipeline loading the LoRA per request) -> full fine-tune if time is left.
+# Tables go to stdout and JSON to $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SECONDS=0
+PY=${PY:-python3}
+OUT=${OUT:-/tmp/bench_out}
+TINY=${TINY:-0}
+BUDGET=${BUDGET:-470}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1 \
+  TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
+
+say() { echo "[$(printf '%4d' "$SECONDS")s] $*"; }
+left() { echo $(( BUDGET - SECONDS - 10 )); }
+bounded() {  # CAP command...: run with timeout min(CAP, time left)
+  local cap=$1; shift
+  local l; l=$(left)
+  local t=$(( l < cap ? l : cap ))
+  if [ "$t" -lt 20 ]; then say "SKIPPED (no time left): $*"; return 0; fi
+  say "start (timeout ${t}s): $*"
+  timeout -k 5 "$t" "$@"
+  say "rc=$? for: $1 $2"
+}
+
+# Wheels carried in .gpu/whl: diffusers always (the version our tests use, for both sides);
+# the rest only where the image lacks the module.
+SITE=/tmp/dreambot-site; rm -rf "$SITE"; mkdir -p "$SITE"
+for whl in .gpu/whl/*.whl; do
+  [ -e "$whl" ] || continue
+  dist=$(basename "$whl" | cut -d- -f1 | tr 'A-Z' 'a-z')
+  mod=${dist/pyyaml/yaml}; mod=${mod/python_dotenv/dotenv}; mod=${mod/python_dateutil/dateutil}
+  mod=${mod/click_didyoumean/click_didyoumean}; mod=${mod/prompt_toolkit/prompt_toolkit}
+  if [ "$dist" != diffusers ] && "$PY" -c "import $mod" 2>/dev/null; then continue; fi
+  "$PY" -m pip install -q --no-deps --no-index --target "$SITE" "$whl" 2>&1 | tail -1 || true
+done
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+say "host: $(nvidia-smi -L 2>/dev/null | head -1 || echo CPU) | $($PY -c 'import torch,diffusers;print("torch",torch.__version__,"diffusers",diffusers.__version__)')"
+
+MODEL=/tmp/sd15; TRAIN_ARGS=(--steps ${S1:-30} ${S2:-130} --res 512); SAMPLE_ARGS=()
+if [ "$TINY" = 1 ]; then
+  MODEL=/tmp/sd15-tiny; TRAIN_ARGS=(--steps 4 12 --res 64 --n-class 4 --batch 4); SAMPLE_ARGS=(--res 64 --steps 4 --n1 2 --n4 1)
+fi
+build=(.gpu/make_model.py "$MODEL"); [ "$TINY" = 1 ] && build+=(--tiny)
+[ -f "$MODEL/bench_model_ok.json" ] || bounded 150 "$PY" "${build[@]}"
+
+bounded 260 "$PY" bench/bench_train.py --model "$MODEL" --ref-dir .gpu/ref --tv-shim .gpu/shim/dreambooth_tv_shim.py \
+  --configs lora "${TRAIN_ARGS[@]}" --work /tmp/bench-train --out "$OUT/train_lora.json"
+[ "${SKIP_SAMPLE:-0}" = 1 ] || bounded 130 "$PY" bench/bench_sample.py --model "$MODEL" "${SAMPLE_ARGS[@]}" --out "$OUT/sample.json"
+[ "${SKIP_FULL:-0}" = 1 ] || bounded 200 "$PY" bench/bench_train.py --model "$MODEL" --ref-dir .gpu/ref --tv-shim .gpu/shim/dreambooth_tv_shim.py \
+  --configs full "${TRAIN_ARGS[@]}" --work /tmp/bench-train-full --out "$OUT/train_full.json"
+say "done; JSON in $OUT"

@@ -1,0 +1,110 @@
+"""Consent: photos of a person are not queued without the uploader's confirmation; with it
+they are, and who confirmed what, and when, is stored with the subject."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from agent.memory import save_message, save_photos
+from agent.toolcalls import ToolCall
+from agent.tools import TOOLS, ToolContext, run_tool
+from bot.service import ConversationService
+from bot.web.app import create_app
+from core.db import session_scope
+from core.models import Conversation, Job, Subject, User
+from core.settings import Settings
+from core.storage import storage_from_settings
+from core.subjects import CONSENT_TEXT, kind_of
+from tests.helpers.photos import jpeg
+from tests.privacy.conftest import photos, speaker
+
+
+def count(settings: Settings, model: type) -> int:
+    with session_scope(settings) as s:
+        return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+@pytest.mark.parametrize("noun", ["woman", "Man", "person", "me", "daughter"])
+def test_person_nouns(noun: str) -> None:
+    assert kind_of(noun) == "person"
+
+
+async def test_a_person_needs_consent_and_it_is_recorded(db_settings: Settings) -> None:
+    service = ConversationService(db_settings)
+    refused = await service.train(speaker("U1", "e1"), "Ada", "woman", photos(3))
+    assert refused.needs_consent and refused.job_ids == [] and "confirm" in refused.text
+    assert count(db_settings, Subject) == 0 and count(db_settings, Job) == 0
+    assert list((db_settings.data_dir / "storage").glob("subjects/**/*")) == []
+
+    pet = await service.train(speaker("U1", "e2"), "Rex", "dog", photos(3, 5))  # not a person
+    assert pet.job_ids and not pet.needs_consent
+
+    given = await service.train(speaker("U1", "e3"), "Ada", "woman", photos(3), consent=True)
+    assert len(given.job_ids) == 1 and not given.needs_consent
+    with session_scope(db_settings) as s:
+        ada = s.scalars(select(Subject).where(Subject.name == "Ada")).one()
+        rex = s.scalars(select(Subject).where(Subject.name == "Rex")).one()
+        job = s.get(Job, given.job_ids[0])
+        assert job is not None and job.status == "queued" and job.subject_id == ada.id
+        assert ada.consent_at is not None and ada.consent_by == "slack:U1"
+        assert ada.consent_text == CONSENT_TEXT and not ada.keep_photos
+        assert rex.consent_at is None
+
+
+async def test_the_agent_passes_consent_only_when_confirmed(sqlite_settings: Settings) -> None:
+    spec = TOOLS["train_subject"].spec()["parameters"]["properties"]["consent_confirmed"]
+    assert "only true if the person explicitly confirmed" in spec["description"]
+    with session_scope(sqlite_settings) as s:
+        user = User(platform="web", platform_user_id="w1", display_name="w1")
+        s.add(user)
+        s.flush()
+        conv = Conversation(platform="web", channel_id="w1", thread_id="", user_id=user.id)
+        s.add(conv)
+        s.flush()
+        user_id, conv_id = user.id, conv.id
+    msg = save_message(sqlite_settings, conversation_id=conv_id, user_id=user_id, role="user", content="me")
+    save_photos(storage_from_settings(sqlite_settings), conv_id, msg, [jpeg(i) for i in range(3)])
+    ctx = ToolContext(sqlite_settings, user_id, conv_id, "web:ev1")
+
+    args = {"name": "Me", "class_noun": "man"}
+    refused = run_tool(ctx, ToolCall("train_subject", args))
+    assert "confirm" in refused.output["error"] and count(sqlite_settings, Job) == 0
+    sneaky = run_tool(
+        ctx, ToolCall("train_subject", {"name": "Me", "class_noun": "model", "subject_kind": "person"})
+    )
+    assert "error" in sneaky.output and count(sqlite_settings, Job) == 0
+    done = run_tool(ctx, ToolCall("train_subject", {**args, "consent_confirmed": True}))
+    assert done.output["status"] == "queued", done.output
+    with session_scope(sqlite_settings) as s:
+        subject = s.get(Subject, done.output["subject_id"])
+        assert subject is not None and subject.consent_by == "web:w1"
+
+
+def test_the_playground_form_has_the_checkbox(sqlite_settings: Settings) -> None:
+    browser = TestClient(create_app(sqlite_settings))
+    page = browser.get("/")
+    assert 'name="consent"' in page.text and 'name="keep_photos"' in page.text
+    files = [("files", (f"a{i}.jpg", jpeg(i), "image/jpeg")) for i in range(3)]
+    refused = browser.post("/api/train", data={"name": "Ada", "class_noun": "woman"}, files=files).json()
+    assert refused["job_ids"] == [] and "confirm" in refused["text"]
+    data = {"name": "Ada", "class_noun": "woman", "consent": "true", "keep_photos": "true"}
+    given = browser.post("/api/train", data=data, files=files).json()
+    assert len(given["job_ids"]) == 1, given
+    with session_scope(sqlite_settings) as s:
+        ada = s.scalars(select(Subject)).one()
+        assert ada.consent_at is not None and ada.keep_photos
+
+
+async def test_blocked_people_get_a_polite_refusal_and_nothing_is_queued(sqlite_settings: Settings) -> None:
+    service = ConversationService(sqlite_settings)
+    await service.models(speaker("U9", ""))  # first contact creates the person
+    with session_scope(sqlite_settings) as s:
+        s.scalars(select(User)).one().is_blocked = True
+    for reply in (
+        await service.train(speaker("U9", "b1"), "Rex", "dog", photos(3)),
+        await service.imagine(speaker("U9", "b2"), "a dog", 1),
+    ):
+        assert "can't use dreambot" in reply.text and reply.job_ids == []
+    assert count(sqlite_settings, Job) == 0 and count(sqlite_settings, Subject) == 0
