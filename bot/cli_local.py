@@ -82,11 +82,17 @@ def train(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override one config key: --set lora_rank=8")
     ] = None,
+    consent: Annotated[
+        bool, typer.Option("--consent", help="you have the right to use these photos (needed for a person)")
+    ] = False,
+    keep_photos: Annotated[
+        bool, typer.Option("--keep-photos", help="keep the photos after training (deleted otherwise)")
+    ] = False,
 ) -> None:
     """Train a subject locally with the same code path as /train; prints where the model went."""
     from bot.cli import _fail, _settings
     from bot.local_jobs import cli_user, run_or_follow
-    from core.subjects import start_training
+    from core.subjects import ConsentRequired, start_training
     from core.train_config import build_config, load_config_file, parse_set
 
     settings = _settings()
@@ -102,7 +108,11 @@ def train(
             class_noun=class_noun,
             photos=[(p.read_bytes(), p.name) for p in photos],
             config=overrides or None,
+            consent=consent,
+            keep_photos=keep_photos,
         )
+    except ConsentRequired as exc:  # its text speaks of chat; here the answer is a flag
+        raise _fail(f"{exc}\nIf that's true, run the same command again with --consent.") from None
     except UserFacingError as exc:
         raise _fail(str(exc)) from None
     from gpu_worker.training import run as training

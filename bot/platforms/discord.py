@@ -17,12 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
+from typing import Any
 
 import aiohttp
 import discord
 from discord import app_commands
 
+from bot.cards import parse_forget_id
 from bot.platforms import discord_commands
+from bot.platforms.discord_commands import ConsentView
 from bot.platforms.discord_convert import (
     clip,
     interaction_origin,
@@ -30,6 +34,7 @@ from bot.platforms.discord_convert import (
     place_of,
     thread_name,
     too_big,
+    view_of,
     where_to_post,
     without_mention,
 )
@@ -44,6 +49,7 @@ ALREADY_ACKNOWLEDGED = 40060  # Discord's code: this interaction was answered be
 SORRY = "Sorry, something went wrong on my side. Please try again in a minute."
 NO_DOWNLOAD = "I couldn't download “{name}” from Discord; please send it again."
 THREAD_ARCHIVE_MINUTES = 1440
+ASK_CONSENT = "Press “I confirm — train” below, or run /train again with consent: True."
 
 
 class _Client(discord.Client):
@@ -142,7 +148,14 @@ class DiscordAdapter:
             raise
 
     async def train(
-        self, interaction: discord.Interaction, name: str, class_noun: str, photos: list[discord.Attachment]
+        self,
+        interaction: discord.Interaction,
+        name: str,
+        class_noun: str,
+        photos: list[discord.Attachment],
+        *,
+        consent: bool = False,
+        keep_photos: bool = False,
     ) -> None:
         if not await self.defer(interaction):
             return
@@ -151,14 +164,21 @@ class DiscordAdapter:
             return
         thread = await self._training_thread(interaction, name)
         origin = interaction_origin(interaction, thread_id=str(thread.id) if thread else None)
-        reply = await self.service.train(origin, name, class_noun, uploads)
+        reply = await self.service.train(
+            origin, name, class_noun, uploads, consent=consent, keep_photos=keep_photos
+        )
         if thread is not None and not reply.job_ids:  # refused or a redelivery: no empty thread
             with contextlib.suppress(discord.HTTPException):
                 await thread.delete()
         if reply.duplicate:
             return
+        if reply.needs_consent:  # this event is spent: confirming is a new one (the button)
+            text = f"{reply.text}\n{ASK_CONSENT}"
+            view = ConsentView(self, interaction.user.id, name, class_noun, photos, keep_photos)
+            await self.answer(interaction, replace(reply, text=text), view=view)
+            return
         text = reply.text + (f"\nFollow along in {thread.mention}." if thread and reply.job_ids else "")
-        await self.answer(interaction, Reply(text, reply.job_ids, reply.ephemeral))
+        await self.answer(interaction, replace(reply, text=text))
 
     async def imagine(self, interaction: discord.Interaction, prompt: str, n: int) -> None:
         if await self.defer(interaction):
@@ -167,7 +187,7 @@ class DiscordAdapter:
             )
 
     async def simple(self, interaction: discord.Interaction, what: str, *args: object) -> None:
-        """/models, /jobs, /quota, /cancel: private answers."""
+        """/models, /jobs, /quota, /cancel, /forget: private answers."""
         if not await self.defer(interaction, ephemeral=True):
             return
         origin = interaction_origin(interaction, with_token=False)
@@ -176,23 +196,34 @@ class DiscordAdapter:
             "jobs": self.service.list_jobs,
             "quota": self.service.quota,
             "cancel": self.service.cancel,
+            "forget": self.service.forget,  # answers with a "Forget" button: see on_button
         }[what]
         await self.answer(interaction, await call(origin, *args), private=True)  # type: ignore[operator]
 
-    async def answer(self, interaction: discord.Interaction, reply: Reply, *, private: bool = False) -> None:
+    async def answer(
+        self,
+        interaction: discord.Interaction,
+        reply: Reply,
+        *,
+        private: bool = False,
+        view: discord.ui.View | None = None,
+    ) -> None:
         """Replace the "thinking…" placeholder (`private`: it was deferred ephemeral). A private
-        answer to a public defer goes as an ephemeral follow-up (visibility is fixed at defer)."""
+        answer to a public defer goes as an ephemeral follow-up (visibility is fixed at defer).
+        The reply's buttons (or `view`) go with the text."""
         if reply.duplicate:
             return
         text = clip(reply.text or "Done.")
+        shown = view if view is not None else view_of(reply.buttons)
+        extra: dict[str, Any] = {"view": shown} if shown is not None else {}  # None is no view
         if not interaction.response.is_done():
-            await interaction.response.send_message(text, ephemeral=reply.ephemeral)
+            await interaction.response.send_message(text, ephemeral=reply.ephemeral, **extra)
         elif reply.ephemeral and not private:
-            await interaction.followup.send(text, ephemeral=True)
+            await interaction.followup.send(text, ephemeral=True, wait=True, **extra)
             with contextlib.suppress(discord.HTTPException):
                 await interaction.delete_original_response()
         else:
-            await interaction.edit_original_response(content=text)
+            await interaction.edit_original_response(content=text, **extra)
 
     async def _download(
         self, interaction: discord.Interaction, photos: list[discord.Attachment]
@@ -252,7 +283,13 @@ class DiscordAdapter:
             return
         if reply.delete_job_id is not None and interaction.message is not None:
             await self.poster.delete(interaction.message.channel.id, interaction.message.id)
-        await interaction.followup.send(clip(reply.text or "Done."), ephemeral=True)
+        elif parse_forget_id(custom_id) is not None:  # answered: take the "Forget" button away
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(view=None)
+        view = view_of(reply.buttons)
+        await interaction.followup.send(
+            clip(reply.text or "Done."), ephemeral=True, **({"view": view} if view is not None else {})
+        )
 
     # -- messages: mentions, DMs and the bot's threads --------------------------------------
 
@@ -287,7 +324,7 @@ class DiscordAdapter:
             async with channel.typing():
                 reply = await self.service.chat(origin, text, uploads)
             if not reply.duplicate:
-                await channel.send(clip(reply.text or "…"))
+                await channel.send(clip(reply.text or "…"), view=view_of(reply.buttons))
         except Exception:
             log.exception("answering message %s failed", message.id)
             with contextlib.suppress(discord.HTTPException, aiohttp.ClientError, OSError):

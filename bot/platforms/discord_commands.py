@@ -5,6 +5,7 @@ Each callback's first act (inside the adapter) is deferring the interaction.
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 import discord
@@ -23,6 +24,8 @@ def register(tree: app_commands.CommandTree, adapter: DiscordAdapter) -> None:
         name="what to call it, e.g. Rex",
         photo1="a sharp photo of the subject (add 3–10 in all; none: a form to drop them all at once)",
         class_noun="what it is: dog, cat, person, mug… (default: object)",
+        consent="I have the right to use these photos of this person (needed for photos of people)",
+        keep_photos="keep the photos after training (otherwise they are deleted once the model is ready)",
     )
     async def train(
         interaction: discord.Interaction,
@@ -38,13 +41,15 @@ def register(tree: app_commands.CommandTree, adapter: DiscordAdapter) -> None:
         photo8: Photo = None,
         photo9: Photo = None,
         photo10: Photo = None,
+        consent: bool = False,
+        keep_photos: bool = False,
     ) -> None:
         given = [photo1, photo2, photo3, photo4, photo5, photo6, photo7, photo8, photo9, photo10]
         photos = [p for p in given if p is not None]
         if not photos:  # no photo options: a form where all photos can be dropped at once
-            await interaction.response.send_modal(TrainForm(adapter, name, class_noun))
+            await interaction.response.send_modal(TrainForm(adapter, name, class_noun, consent, keep_photos))
             return
-        await adapter.train(interaction, name, class_noun, photos)
+        await adapter.train(interaction, name, class_noun, photos, consent=consent, keep_photos=keep_photos)
 
     @tree.command(name="imagine", description="Generate pictures; name your trained subjects in the prompt")
     @app_commands.describe(prompt="e.g. Rex as an astronaut on the moon", n="how many pictures")
@@ -72,6 +77,13 @@ def register(tree: app_commands.CommandTree, adapter: DiscordAdapter) -> None:
     async def quota(interaction: discord.Interaction) -> None:
         await adapter.simple(interaction, "quota")
 
+    @tree.command(name="forget", description="Delete one subject, or everything dreambot keeps about you")
+    @app_commands.describe(subject="the subject's name, e.g. Rex (leave empty: everything of yours)")
+    async def forget(
+        interaction: discord.Interaction, subject: app_commands.Range[str, 1, 40] | None = None
+    ) -> None:
+        await adapter.simple(interaction, "forget", subject)
+
 
 class TrainForm(discord.ui.Modal, title="Train a subject"):
     """/train without photo options: name, class and a file upload of up to 10 photos.
@@ -80,9 +92,12 @@ class TrainForm(discord.ui.Modal, title="Train a subject"):
     fails and the person runs /train again.
     """
 
-    def __init__(self, adapter: DiscordAdapter, name: str, class_noun: str) -> None:
+    def __init__(
+        self, adapter: DiscordAdapter, name: str, class_noun: str, consent: bool, keep_photos: bool
+    ) -> None:
         super().__init__(timeout=15 * 60, custom_id="db:train-form")
         self.adapter = adapter
+        self.consent, self.keep_photos = consent, keep_photos
         self.name = discord.ui.TextInput(default=name, max_length=40)
         self.class_noun = discord.ui.TextInput(default=class_noun or None, required=False, max_length=40)
         self.photos = discord.ui.FileUpload(custom_id="photos", min_values=1, max_values=10)
@@ -94,5 +109,49 @@ class TrainForm(discord.ui.Modal, title="Train a subject"):
 
     async def on_submit(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
         await self.adapter.train(
-            interaction, self.name.value, self.class_noun.value, list(self.photos.values)
+            interaction,
+            self.name.value,
+            self.class_noun.value,
+            list(self.photos.values),
+            consent=self.consent,
+            keep_photos=self.keep_photos,
         )
+
+
+class ConsentView(discord.ui.View):
+    """The "I confirm" button under a /train refused for want of consent (photos of a person).
+
+    Pressing it trains with consent, as a new interaction (the refused one's event id is
+    spent), with the same photos: the attachments are kept here, in discord.py's memory,
+    for 15 minutes, like an open TrainForm; after a restart the button does nothing and the
+    person runs /train again with consent:True. Its custom_id is not "db:…", so the
+    adapter's button handler leaves it to this view.
+    """
+
+    def __init__(
+        self,
+        adapter: DiscordAdapter,
+        owner_id: int,
+        name: str,
+        class_noun: str,
+        photos: list[discord.Attachment],
+        keep_photos: bool,
+    ) -> None:
+        super().__init__(timeout=15 * 60)
+        self.adapter, self.owner_id = adapter, owner_id
+        self.train_args = (name, class_noun, photos, keep_photos)
+        confirm: discord.ui.Button[ConsentView] = discord.ui.Button(
+            label="I confirm — train",
+            style=discord.ButtonStyle.primary,
+            custom_id=f"consent:{uuid.uuid4().hex}",
+        )
+        confirm.callback = self._confirmed  # type: ignore[method-assign]
+        self.add_item(confirm)
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:  # type: ignore[override]
+        return interaction.user.id == self.owner_id  # only the uploader can confirm
+
+    async def _confirmed(self, interaction: discord.Interaction) -> None:
+        self.stop()  # one training per confirmation, even when pressed twice
+        name, class_noun, photos, keep_photos = self.train_args
+        await self.adapter.train(interaction, name, class_noun, photos, consent=True, keep_photos=keep_photos)

@@ -1,4 +1,6 @@
-"""Running the real Discord adapter (and delivery) in the test's event loop against FakeDiscord."""
+"""Running the real Discord adapter (and delivery) in the test's event loop against FakeDiscord,
+and the steps scenarios share: /train Rex, play the worker that finishes a job, read what
+the fake received."""
 
 from __future__ import annotations
 
@@ -11,12 +13,18 @@ from typing import Any
 
 from PIL import Image
 from pydantic import SecretStr
+from sqlalchemy import select, update
 
 from bot.delivery import Delivery
 from bot.platforms.discord import DiscordAdapter
 from bot.service import ConversationService
+from core import jobs
+from core.db import session_scope
+from core.models import Job, Subject
 from core.settings import Settings
+from core.storage import storage_from_settings
 from tests.helpers.fake_discord import TOKEN, FakeDiscord
+from tests.helpers.fake_discord_records import Dispatched, Recorded
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -83,3 +91,86 @@ def png(width: int = 64, height: int = 64, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+# -- scenario steps ----------------------------------------------------------------------
+
+
+def all_jobs(settings: Settings) -> list[Job]:
+    with session_scope(settings) as s:
+        rows = list(s.scalars(select(Job).order_by(Job.id)))
+        s.expunge_all()
+        return rows
+
+
+def after(fake: FakeDiscord, event: Dispatched) -> list[Recorded]:
+    return [r for r in fake.rest() if r.seq > event.seq]
+
+
+def bot_messages(fake: FakeDiscord, channel_id: str) -> list[dict[str, Any]]:
+    return [m for m in fake.channel_messages(channel_id) if m["author"]["id"] == fake.bot["id"]]
+
+
+def custom_ids(message: dict[str, Any]) -> list[str]:
+    return [c["custom_id"] for row in message["components"] for c in row["components"]]
+
+
+async def train_rex(fake: FakeDiscord, alice: dict[str, Any], n_photos: int = 5) -> dict[str, Any]:
+    """/train Rex (dog) with `n_photos` photos; returns the interaction once it is answered."""
+    photos = {
+        f"photo{i + 1}": fake.upload(f"rex{i}.jpg", jpeg(color=(40 * i, 90, 30)), "image/jpeg")
+        for i in range(n_photos)
+    }
+    inter = fake.slash("train", {"name": "Rex", "class": "dog", **photos}, alice)
+    token = inter["token"]
+    await wait_until(
+        lambda: (
+            fake.rest("PATCH", f"/webhooks/.*/{token}/messages/@original")
+            or fake.rest("POST", f"/webhooks/.*/{token}$")
+        ),
+        what="the /train answer",
+    )
+    return inter
+
+
+def the_thread(fake: FakeDiscord) -> str:
+    created = fake.rest("POST", rf"^/channels/{fake.channel_id}/threads$")
+    assert len(created) == 1
+    return next(c["id"] for c in fake.channels.values() if c["type"] == 11 and c["name"].endswith("Rex"))
+
+
+async def finish_training(settings: Settings, job_id: int) -> int:
+    """What the training worker does at the end: the subject gets its LoRA and is ready."""
+    lease = jobs.claim(settings, job_id, "test-worker")
+    assert lease is not None
+    jobs.finish(settings, lease, {})
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.subject_id is not None
+        s.execute(
+            update(Subject)
+            .where(Subject.id == job.subject_id)
+            .values(
+                status="ready",
+                artifact_key=f"subjects/{job.subject_id}/lora.safetensors",
+                artifact_sha256="0" * 64,
+            )
+        )
+        return job.subject_id
+
+
+def finish_sample(settings: Settings, job_id: int, n: int) -> list[int]:
+    lease = jobs.claim(settings, job_id, "test-worker")
+    assert lease is not None
+    storage = storage_from_settings(settings)
+    ids = []
+    for i in range(n):
+        key = f"jobs/{job_id}/{i}.png"
+        storage.put(key, png(seed=i))
+        ids.append(
+            jobs.add_image(
+                settings, lease, storage_key=key, seed=i, prompt="zwx dog on the moon", width=64, height=64
+            )
+        )
+    jobs.finish(settings, lease, {"images": ids})
+    return ids

@@ -238,7 +238,8 @@ class FakeDiscord:
                 resolved[value["id"]] = value
                 opts.append({"name": key, "type": 11, "value": value["id"]})
             else:
-                opts.append({"name": key, "type": 4 if isinstance(value, int) else 3, "value": value})
+                kind = 5 if isinstance(value, bool) else 4 if isinstance(value, int) else 3
+                opts.append({"name": key, "type": kind, "value": value})
         command = next((c for c in self.commands if c["name"] == name), {"id": "0"})
         data: dict[str, Any] = {"id": command["id"], "name": name, "type": 1, "options": opts}
         if resolved:

@@ -196,6 +196,7 @@ def add_routes(app: web.Application, fake: FakeDiscord) -> None:
             application_id=str(fake.app_id),
         )
         msg["_ephemeral"] = bool(msg["flags"] & EPHEMERAL)
+        msg["_token"] = request.match_info["token"]  # which interaction it followed up
         wait = request.query.get("wait") in ("1", "true", "True")
         return _json(_public(msg)) if wait else web.Response(status=204)
 

@@ -8,19 +8,30 @@ as a worker would, so no GPU worker is needed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import select, update
 
 from core import jobs
 from core.db import session_scope
-from core.models import Job, Subject
+from core.models import Subject
 from core.settings import Settings
-from core.storage import storage_from_settings
-from tests.helpers.discord_bot import Bot, discord_settings, jpeg, png, running_bot, wait_until
-from tests.helpers.fake_discord import Dispatched, FakeDiscord, Recorded
+from tests.helpers.discord_bot import (
+    Bot,
+    after,
+    all_jobs,
+    bot_messages,
+    custom_ids,
+    discord_settings,
+    finish_sample,
+    finish_training,
+    jpeg,
+    running_bot,
+    the_thread,
+    train_rex,
+    wait_until,
+)
+from tests.helpers.fake_discord import FakeDiscord
 from tests.helpers.fake_llm import FakeLLM
 
 
@@ -54,49 +65,6 @@ def settings(sqlite_settings: Settings, fake: FakeDiscord, fake_llm: FakeLLM) ->
 async def bot(settings: Settings, fake: FakeDiscord) -> AsyncIterator[Bot]:
     async with running_bot(settings, fake) as running:
         yield running
-
-
-def all_jobs(settings: Settings) -> list[Job]:
-    with session_scope(settings) as s:
-        rows = list(s.scalars(select(Job).order_by(Job.id)))
-        s.expunge_all()
-        return rows
-
-
-def after(fake: FakeDiscord, event: Dispatched) -> list[Recorded]:
-    return [r for r in fake.rest() if r.seq > event.seq]
-
-
-def bot_messages(fake: FakeDiscord, channel_id: str) -> list[dict[str, Any]]:
-    return [m for m in fake.channel_messages(channel_id) if m["author"]["id"] == fake.bot["id"]]
-
-
-def custom_ids(message: dict[str, Any]) -> list[str]:
-    return [c["custom_id"] for row in message["components"] for c in row["components"]]
-
-
-async def train_rex(fake: FakeDiscord, alice: dict[str, Any], n_photos: int = 5) -> dict[str, Any]:
-    """/train Rex (dog) with `n_photos` photos; returns the interaction once it is answered."""
-    photos = {
-        f"photo{i + 1}": fake.upload(f"rex{i}.jpg", jpeg(color=(40 * i, 90, 30)), "image/jpeg")
-        for i in range(n_photos)
-    }
-    inter = fake.slash("train", {"name": "Rex", "class": "dog", **photos}, alice)
-    token = inter["token"]
-    await wait_until(
-        lambda: (
-            fake.rest("PATCH", f"/webhooks/.*/{token}/messages/@original")
-            or fake.rest("POST", f"/webhooks/.*/{token}$")
-        ),
-        what="the /train answer",
-    )
-    return inter
-
-
-def the_thread(fake: FakeDiscord) -> str:
-    created = fake.rest("POST", rf"^/channels/{fake.channel_id}/threads$")
-    assert len(created) == 1
-    return next(c["id"] for c in fake.channels.values() if c["type"] == 11 and c["name"].endswith("Rex"))
 
 
 async def test_train_defers_first_then_thread_then_card_edited_in_place(
@@ -137,43 +105,6 @@ async def test_train_defers_first_then_thread_then_card_edited_in_place(
     edits = fake.rest("PATCH", rf"^/channels/{thread_id}/messages/{messages[0]['id']}$")
     assert len(edits) >= 2
     assert len(fake.rest("POST", rf"^/channels/{thread_id}/messages$")) == 1
-
-
-async def finish_training(settings: Settings, job_id: int) -> int:
-    """What the training worker does at the end: the subject gets its LoRA and is ready."""
-    lease = jobs.claim(settings, job_id, "test-worker")
-    assert lease is not None
-    jobs.finish(settings, lease, {})
-    with session_scope(settings) as s:
-        job = s.get(Job, job_id)
-        assert job is not None and job.subject_id is not None
-        s.execute(
-            update(Subject)
-            .where(Subject.id == job.subject_id)
-            .values(
-                status="ready",
-                artifact_key=f"subjects/{job.subject_id}/lora.safetensors",
-                artifact_sha256="0" * 64,
-            )
-        )
-        return job.subject_id
-
-
-def finish_sample(settings: Settings, job_id: int, n: int) -> list[int]:
-    lease = jobs.claim(settings, job_id, "test-worker")
-    assert lease is not None
-    storage = storage_from_settings(settings)
-    ids = []
-    for i in range(n):
-        key = f"jobs/{job_id}/{i}.png"
-        storage.put(key, png(seed=i))
-        ids.append(
-            jobs.add_image(
-                settings, lease, storage_key=key, seed=i, prompt="zwx dog on the moon", width=64, height=64
-            )
-        )
-    jobs.finish(settings, lease, {"images": ids})
-    return ids
 
 
 async def test_chat_in_thread_posts_images_with_buttons_and_reroll_queues_again(

@@ -50,9 +50,10 @@ async def test_two_clients_in_one_process_each_talk_to_their_own_discord(
     for fake in (a, b):
         assert len(fake.identifies) == 1 and len(fake.rest("PUT", "/commands$")) == 1
         names = {c["name"] for c in fake.commands}
-        assert names == {"train", "imagine", "models", "jobs", "cancel", "quota"}
+        assert names == {"train", "imagine", "models", "jobs", "cancel", "quota", "forget"}
         train = next(c for c in fake.commands if c["name"] == "train")
         assert [o["name"] for o in train["options"] if o["type"] == 11] == [f"photo{n}" for n in range(1, 11)]
+        assert [o["name"] for o in train["options"] if o["type"] == 5] == ["consent", "keep_photos"]
     assert a.rest("GET", "^/gateway/bot$") and not b.rest("GET", "^/gateway")
     assert "Today:" in a.rest("PATCH", "/messages/@original")[0].json["content"]
     assert "no subjects yet" in b.rest("PATCH", "/messages/@original")[0].json["content"]
