@@ -6,8 +6,8 @@
 #   CPU dry run:  TINY=1 bash bench/gpu.sh   (tiny model, seconds; checks the plumbing)
 #
 # Items, each under `timeout`: build the model (gpu-anchor/make_model.py) -> training
-# (bench/bench_train.py: class images, LoRA at S1 and S2 steps, ours vs diffusers'
-# train_dreambooth_lora.py v0.40.0) -> sampling (bench/bench_sample.py: ours vs a plain
+# (bench/train.py: class images, LoRA at S1 and S2 steps, ours vs diffusers'
+# train_dreambooth_lora.py v0.40.0) -> sampling (bench/sample.py: ours vs a plain
 # StableDiffusionPipeline loading the LoRA per request) -> full fine-tune if time is left.
 # Tables go to stdout and JSON to $OUT.
 set -uo pipefail
@@ -54,9 +54,9 @@ fi
 build=(.gpu/make_model.py "$MODEL"); [ "$TINY" = 1 ] && build+=(--tiny)
 [ -f "$MODEL/bench_model_ok.json" ] || bounded 150 "$PY" "${build[@]}"
 
-bounded 260 "$PY" bench/bench_train.py --model "$MODEL" --ref-dir .gpu/ref --tv-shim .gpu/shim/dreambooth_tv_shim.py \
+bounded 260 "$PY" bench/train.py --model "$MODEL" --ref-dir .gpu/ref --tv-shim .gpu/shim/dreambooth_tv_shim.py \
   --configs lora "${TRAIN_ARGS[@]}" --work /tmp/bench-train --out "$OUT/train_lora.json"
-[ "${SKIP_SAMPLE:-0}" = 1 ] || bounded 130 "$PY" bench/bench_sample.py --model "$MODEL" "${SAMPLE_ARGS[@]}" --out "$OUT/sample.json"
-[ "${SKIP_FULL:-0}" = 1 ] || bounded 200 "$PY" bench/bench_train.py --model "$MODEL" --ref-dir .gpu/ref --tv-shim .gpu/shim/dreambooth_tv_shim.py \
+[ "${SKIP_SAMPLE:-0}" = 1 ] || bounded 130 "$PY" bench/sample.py --model "$MODEL" "${SAMPLE_ARGS[@]}" --out "$OUT/sample.json"
+[ "${SKIP_FULL:-0}" = 1 ] || bounded 200 "$PY" bench/train.py --model "$MODEL" --ref-dir .gpu/ref --tv-shim .gpu/shim/dreambooth_tv_shim.py \
   --configs full "${TRAIN_ARGS[@]}" --work /tmp/bench-train-full --out "$OUT/train_full.json"
 say "done; JSON in $OUT"

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the database parts load lazily: bench/bench_sample.py needs only the LoRA
+if TYPE_CHECKING:  # the database parts load lazily: bench/sample.py needs only the LoRA
     from core.models import Job
     from core.settings import Settings
 

@@ -2,9 +2,9 @@
 class images and steps, in one run.
 
     # CPU smoke check with a tiny model built here (seconds per item):
-    python bench/bench_train.py --tiny --ref-dir /path/with/the/two/scripts
+    python bench/train.py --tiny --ref-dir /path/with/the/two/scripts
     # a GPU with the SD-1.5 architecture (build it with gpu-anchor's make_model.py):
-    python bench/bench_train.py --model /tmp/sd15 --ref-dir .gpu/ref --res 512 --steps 30 130
+    python bench/train.py --model /tmp/sd15 --ref-dir .gpu/ref --res 512 --steps 30 130
 
 `--ref-dir` holds `train_dreambooth_lora.py` and `train_dreambooth.py` fetched from the
 diffusers repository (never committed). Where torchvision cannot be imported, temporary

@@ -1,8 +1,8 @@
 """Sampling benchmark: our resident sampler against a plain diffusers pipeline, one run.
 
-    python bench/bench_sample.py --tiny                       # CPU smoke check (tiny model, 64 px)
+    python bench/sample.py --tiny                       # CPU smoke check (tiny model, 64 px)
     python make_model.py /tmp/sd15 && \\
-    python bench/bench_sample.py --model /tmp/sd15            # GPU: SD-1.5 architecture, random weights
+    python bench/sample.py --model /tmp/sd15            # GPU: SD-1.5 architecture, random weights
 
 Both sides draw at the same settings (DPM++ 2M Karras, CFG 7.5, the same seeds, PIL out)
 with a person's LoRA active. The plain side does what a naive bot does per request:
