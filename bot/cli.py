@@ -30,6 +30,18 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _current_settings() -> Settings:
+    """Settings for a command that needs the database at the code's schema (else exit 1)."""
+    from core import migrate
+
+    settings = _settings()
+    try:
+        migrate.check_schema(settings)
+    except SchemaOutdated as exc:
+        raise _fail(str(exc)) from None
+    return settings
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(f"dreambot: {message}", fg="red", err=True)
     return typer.Exit(code)
@@ -71,13 +83,7 @@ def worker(
     ] = False,
 ) -> None:
     """Run a GPU worker for the given queues (or, with --gpus, one per GPU and queue)."""
-    from core import migrate
-
-    settings = _settings()
-    try:
-        migrate.check_schema(settings)
-    except SchemaOutdated as exc:
-        raise _fail(str(exc)) from None
+    settings = _current_settings()
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = [q for q in wanted if q not in ("train", "sample")]
     if unknown or not wanted:

@@ -19,6 +19,12 @@ def _settings() -> Settings:
     return load()
 
 
+def _current_settings() -> Settings:
+    from bot.cli import _current_settings as load
+
+    return load()
+
+
 @admin_app.command("create")
 def admin_create(
     name: Annotated[str, typer.Argument(help="the admin's login name")],
@@ -28,15 +34,8 @@ def admin_create(
 ) -> None:
     """Create a dashboard admin; the password is asked for (twice) unless --password-stdin."""
     from bot.dashboard.auth import AccountError, create_admin
-    from core import migrate
-    from core.errors import SchemaOutdated
 
-    settings = _settings()
-    try:
-        migrate.check_schema(settings)
-    except SchemaOutdated as exc:
-        typer.secho(f"dreambot: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from None
+    settings = _current_settings()
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -70,16 +69,9 @@ def dashboard(
     import uvicorn
 
     from bot.dashboard import create_dashboard_app
-    from core import migrate
-    from core.errors import SchemaOutdated
     from core.settings import LOOPBACK_HOSTS
 
-    settings = _settings()
-    try:
-        migrate.check_schema(settings)
-    except SchemaOutdated as exc:
-        typer.secho(f"dreambot: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from None
+    settings = _current_settings()
     host = host or settings.web_host
     port = settings.web_port if port is None else port
     secret = settings.session_secret.get_secret_value() if settings.session_secret else ""
