@@ -35,6 +35,16 @@ PLATFORM = "web"
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "web" / "templates"))
 STREAM_INTERVAL = 0.5
 MAX_FILES = 10
+# Scripts and styles from /static only, nothing inline; chosen photos preview as blob: URLs.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 class WebPoster:
@@ -88,6 +98,8 @@ def _reply(reply: Reply) -> JSONResponse:
             "job_ids": reply.job_ids,
             "duplicate": reply.duplicate,
             "recorded": reply.recorded,
+            "needs_consent": reply.needs_consent,
+            "delete_job_id": reply.delete_job_id,
         }
     )
 
@@ -112,6 +124,7 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
     def page(request: Request) -> HTMLResponse:
         _require_login(request, settings)
         response = TEMPLATES.TemplateResponse(request, "playground.html", {})
+        response.headers.update(SECURITY_HEADERS)
         if not _visitor(request, settings):
             token = URLSafeSerializer(settings.session_secret_value(), salt="playground").dumps(
                 secrets.token_hex(8)
@@ -227,14 +240,48 @@ def timeline(settings: Settings, who: str) -> dict[str, Any]:
             .order_by(ConversationMessage.id)
         )
         items: list[dict[str, Any]] = [
-            {"type": "message", "role": m.role, "text": m.content, "at": m.created_at.isoformat()}
+            {
+                "type": "message",
+                "id": m.id,
+                "role": m.role,
+                "text": m.content,
+                "at": m.created_at.isoformat(),
+            }
             for m in messages
             if m.content.strip()
         ]
         for job in s.scalars(select(Job).where(Job.conversation_id == conv.id).order_by(Job.id)):
             items.append(_job_item(s, job))
     items.sort(key=lambda item: item["at"])
-    return {"items": items}
+    return {"items": replies_first(items)}
+
+
+def replies_first(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Show the agent's answer before the job cards it started.
+
+    The agent queues jobs while it is still writing its answer, so by time the cards
+    come between the question and the answer; a chat reads better as question, answer,
+    then the cards it promised."""
+    out: list[dict[str, Any]] = []
+    held: list[dict[str, Any]] = []
+    answering = False
+    for item in items:
+        role = item.get("role") if item["type"] == "message" else None
+        if role == "user":
+            out += held
+            held = []
+            answering = True
+            out.append(item)
+        elif role == "assistant":
+            out.append(item)
+            out += held
+            held = []
+            answering = False
+        elif answering:
+            held.append(item)
+        else:
+            out.append(item)
+    return out + held
 
 
 def _job_item(session: Any, job: Job) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from bot.platforms.web import replies_first
 from bot.web.app import create_app
 from core import jobs
 from core.settings import Settings
@@ -79,3 +80,22 @@ def test_off_loopback_the_playground_asks_for_a_login(sqlite_settings: Settings)
     exposed = sqlite_settings.model_copy(update={"web_host": "0.0.0.0"})
     response = client(exposed).get("/", follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"].startswith("/admin/login")
+
+
+def test_the_page_loads_nothing_inline_and_no_foreign_scripts(sqlite_settings: Settings) -> None:
+    page = client(sqlite_settings).get("/")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "<script>" not in page.text and "style=" not in page.text
+
+
+def test_the_answer_comes_before_the_cards_it_started() -> None:
+    def msg(role: str, at: str) -> dict[str, str]:
+        return {"type": "message", "role": role, "at": at}
+
+    train = {"type": "job", "id": 1, "at": "1"}
+    question, moon, answer = msg("user", "2"), {"type": "job", "id": 2, "at": "3"}, msg("assistant", "4")
+    later = msg("user", "5")
+    unanswered = {"type": "job", "id": 3, "at": "6"}
+    ordered = replies_first([train, question, moon, answer, later, unanswered])
+    assert ordered == [train, question, answer, moon, later, unanswered]

@@ -1,8 +1,21 @@
 // The playground: posts forms to /api/*, and redraws the timeline from /api/events (SSE).
+//
+// The server's timeline (messages, job cards with images) is the truth; this browser adds
+// only its own notices (replies that are not stored, refusals), the message being sent
+// and a "thinking" bubble while the agent answers.
 "use strict";
-const feed = document.getElementById("feed");
-const local = [];  // replies to this browser's own actions (not stored server-side)
-let items = [];
+const $ = (id) => document.getElementById(id);
+const feed = $("feed");
+const statusLine = $("status");
+const READY_TEXT = statusLine.textContent;
+const DELETED_KEY = "dreambot.deleted";  // jobs whose results this browser deleted
+const deleted = new Set(JSON.parse(localStorage.getItem(DELETED_KEY) || "[]"));
+const TIPS = {V: "Variations of image", U: "Upscale image", "🚩": "Report to the admins: image"};
+const nodes = new Map();  // key -> {sig, node}: unchanged items keep their element
+let items = [];  // the server's timeline, oldest first
+let local = [];  // {key, role, text, after (server items then), beforeJob?, pending?}
+let thinking = 0;  // chat requests in flight
+let seq = 0;
 
 function el(tag, attrs = {}, text = "") {
   const node = document.createElement(tag);
@@ -11,33 +24,92 @@ function el(tag, attrs = {}, text = "") {
   return node;
 }
 
+const userCount = () => items.filter((i) => i.type === "message" && i.role === "user").length;
+
+function note(text, {role = "notice", beforeJob = null, pending = null} = {}) {
+  const item = {key: `l${seq++}`, type: "message", role, text, after: items.length, beforeJob, pending};
+  local.push(item);
+  draw();
+  return item;
+}
+
+// Server items in order, each local notice where it happened (before the job card it
+// announces, else after what the page showed then), the typing bubble last.
+function ordered() {
+  const jobs = new Set(items.filter((i) => i.type === "job").map((i) => i.id));
+  const shown = local.filter((n) => n.pending === null || userCount() <= n.pending);
+  const out = [];
+  const place = (pred) => shown.filter(pred).forEach((n) => out.push(n));
+  items.forEach((item, index) => {
+    place((n) => !jobs.has(n.beforeJob) && n.after === index);
+    if (item.type === "job") place((n) => n.beforeJob === item.id);
+    if (!(item.type === "job" && deleted.has(item.id))) out.push(item);
+  });
+  place((n) => !jobs.has(n.beforeJob) && n.after >= items.length);
+  if (thinking) out.push({key: "typing", type: "typing"});
+  return out;
+}
+
+function keyOf(item) {
+  return item.key || (item.type === "job" ? `j${item.id}` : `m${item.id}`);
+}
+
 function draw() {
-  const all = items.concat(local).sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : 0));
-  feed.replaceChildren(...all.map(render));
-  feed.lastElementChild?.scrollIntoView({block: "end"});
+  const atBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 120;
+  const before = feed.childElementCount;
+  const seen = new Set();
+  const children = ordered().map((item) => {
+    const key = keyOf(item), sig = JSON.stringify(item);
+    seen.add(key);
+    const cached = nodes.get(key);
+    if (cached && cached.sig === sig) return cached.node;  // images stay loaded, no flicker
+    const node = render(item);
+    nodes.set(key, {sig, node});
+    return node;
+  });
+  for (const key of nodes.keys()) if (!seen.has(key)) nodes.delete(key);
+  feed.replaceChildren(...children);
+  $("empty").hidden = children.length > 0;
+  if (atBottom || children.length > before) window.scrollTo(0, document.body.scrollHeight);
 }
 
 function render(item) {
+  if (item.type === "typing") {
+    const bubble = el("div", {class: "msg assistant typing", "aria-label": "dreambot is thinking"});
+    for (let i = 0; i < 3; i++) bubble.append(el("span"));
+    return bubble;
+  }
   if (item.type === "message") return el("div", {class: `msg ${item.role}`}, item.text);
-  const card = el("div", {class: `job ${item.status}`, "data-job": item.id, "data-status": item.status});
+  const card = el("article", {class: `job ${item.status}`, "data-job": item.id, "data-status": item.status});
   card.append(el("div", {class: "card-text"}, item.text));
-  if (item.percent !== null && item.percent !== undefined) {
-    const bar = el("div", {class: "bar"}), fill = el("div");
-    fill.style.width = `${item.percent}%`;
+  if (item.status === "running") {
+    const known = item.percent !== null && item.percent !== undefined;
+    const bar = el("div", {class: known ? "bar" : "bar unknown", role: "progressbar"}), fill = el("div");
+    if (known) {
+      bar.setAttribute("aria-valuenow", item.percent);
+      fill.style.width = `${item.percent}%`;
+    }
     bar.append(fill);
     card.append(bar);
   }
   if (item.preview) card.append(el("img", {class: "preview", src: item.preview, alt: "preview"}));
   if (item.images.length) {
     const grid = el("div", {class: "images"});
-    item.images.forEach((src, i) => grid.append(el("img", {src, alt: `image ${i + 1}`})));
+    item.images.forEach((src, i) => {
+      const link = el("a", {href: src, target: "_blank", title: `open image ${i + 1}`});
+      link.append(el("img", {src, alt: `image ${i + 1}`}));
+      grid.append(link);
+    });
     card.append(grid);
   }
   if (item.buttons.length) {
     const row = el("div", {class: "buttons"});
     for (const b of item.buttons) {
-      const btn = el("button", {type: "button", "data-id": b.custom_id}, b.label);
-      btn.addEventListener("click", () => send("/api/press", new URLSearchParams({custom_id: b.custom_id})));
+      const [, kind, n] = b.label.match(/^(V|U|🚩)(\d+)$/u) || [];
+      const attrs = {type: "button", class: b.style, "data-id": b.custom_id};
+      if (kind) attrs.title = `${TIPS[kind]} ${n}`;
+      const btn = el("button", attrs, b.label);
+      btn.addEventListener("click", () => press(btn, b.custom_id));
       row.append(btn);
     }
     card.append(row);
@@ -45,39 +117,103 @@ function render(item) {
   return card;
 }
 
-function note(text, kind = "notice") {
-  local.push({type: "message", role: kind, text, at: new Date().toISOString().replace("Z", "")});
-  draw();
+// POST a form; the JSON reply, or null after telling the person what went wrong.
+async function send(url, data) {
+  data.append("event_id", crypto.randomUUID());
+  let res;
+  try {
+    res = await fetch(url, {method: "POST", body: data});
+  } catch (err) {
+    note("Could not reach dreambot; is it still running?", {role: "error"});
+    return null;
+  }
+  const reply = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    const detail = typeof reply.detail === "string" ? reply.detail : "Something went wrong; please try again.";
+    note(detail, {role: "error"});
+    return null;
+  }
+  return reply;
 }
 
-async function send(url, body) {
-  const data = body instanceof URLSearchParams ? body : body;
-  data.append("event_id", crypto.randomUUID());
-  try {
-    const res = await fetch(url, {method: "POST", body: data});
-    const reply = await res.json();
-    if (!res.ok) return note(reply.detail || "Something went wrong.", "error");
-    if (reply.text && !reply.duplicate && !reply.recorded) note(reply.text);
-  } catch (err) {
-    note("Could not reach dreambot; is it still running?", "error");
+function answer(reply) {  // show a reply the server does not keep in the timeline
+  if (reply && reply.text && !reply.duplicate && !reply.recorded) {
+    note(reply.text, {beforeJob: reply.job_ids.length ? reply.job_ids[0] : null});
   }
 }
 
-document.getElementById("chat").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  const form = new FormData(ev.target);
-  const text = document.getElementById("chat-text").value.trim();
-  if (!text && !document.getElementById("chat-files").files.length) return;
-  ev.target.reset();
-  await send("/api/chat", form);
+async function press(button, customId) {
+  button.disabled = true;
+  const reply = await send("/api/press", new URLSearchParams({custom_id: customId}));
+  button.disabled = false;
+  if (reply && reply.delete_job_id) {
+    deleted.add(reply.delete_job_id);
+    localStorage.setItem(DELETED_KEY, JSON.stringify([...deleted]));
+  }
+  answer(reply);
+  draw();
+}
+
+$("chat-files").addEventListener("change", (ev) => {
+  const n = ev.target.files.length;
+  $("chat-count").textContent = n ? String(n) : "";
 });
 
-document.getElementById("train").addEventListener("submit", async (ev) => {
+$("chat").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const form = new FormData(ev.target);
+  const text = $("chat-text").value.trim();
+  const files = $("chat-files").files.length;
+  if (!text && !files) return;
   ev.target.reset();
-  await send("/api/train", form);
+  $("chat-count").textContent = "";
+  const shownText = files ? `${text}${text ? " " : ""}📎 ${files} photo${files > 1 ? "s" : ""}` : text;
+  const mine = note(shownText, {role: "user", pending: userCount()});
+  thinking += 1;
+  draw();
+  const reply = await send("/api/chat", form);
+  thinking -= 1;
+  if (reply && reply.recorded) local = local.filter((n) => n !== mine);  // the timeline has it
+  else mine.pending = null;  // not stored: keep showing what was sent
+  answer(reply);
+  draw();
+});
+
+$("train-files").addEventListener("change", (ev) => {
+  const thumbs = $("train-thumbs");
+  thumbs.querySelectorAll("img").forEach((img) => URL.revokeObjectURL(img.src));
+  thumbs.replaceChildren(...[...ev.target.files].map((f) => el("img", {src: URL.createObjectURL(f), alt: f.name})));
+});
+
+$("train").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const form = ev.target, button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  button.textContent = "Uploading…";
+  const reply = await send("/api/train", new FormData(form));
+  button.disabled = false;
+  button.textContent = "Train";
+  const consent = $("train-consent").closest("label");
+  consent.classList.toggle("attention", Boolean(reply && reply.needs_consent));
+  if (reply && reply.job_ids.length) {  // started: clear the form for the next subject
+    form.reset();
+    $("train-thumbs").replaceChildren();
+    $("train-box").open = false;
+  }
+  answer(reply);
 });
 
 const events = new EventSource("/api/events");
-events.onmessage = (ev) => { items = JSON.parse(ev.data).items; draw(); };
+events.onmessage = (ev) => {
+  items = JSON.parse(ev.data).items;
+  draw();
+};
+events.onopen = () => {
+  statusLine.textContent = READY_TEXT;
+  statusLine.classList.remove("offline");
+};
+events.onerror = () => {
+  statusLine.textContent = "Lost contact with dreambot — reconnecting…";
+  statusLine.classList.add("offline");
+};
+draw();
