@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,8 @@ class JobSnapshot:
     error: str | None
     queue_position: int  # 1 = next; 0 when not queued
     subject_name: str | None = None
+    # (token, class noun, name) of each subject, so cards say "Rex" rather than "zwx dog"
+    subjects: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,10 +103,17 @@ def _title(job: JobSnapshot) -> str:
     if job.kind == "sample":
         n = int(job.params.get("n", 1))
         what = "an upscale" if job.params.get("upscale_of") else f"{n} image{'s' * (n != 1)}"
-        prompt = str(job.params.get("prompt", ""))
+        prompt = _named(str(job.params.get("prompt", "")), job.subjects)
         short = prompt if len(prompt) <= 80 else prompt[:77] + "…"
         return f"🎨 {what.capitalize()} of “{short}”" if short else f"🎨 {what.capitalize()}"
     return f"🔧 {job.kind} #{job.id}"
+
+
+def _named(prompt: str, subjects: tuple[tuple[str, str, str], ...]) -> str:
+    """The prompt as the person thinks of it: each subject's name instead of its token."""
+    for token, class_noun, name in subjects:
+        prompt = re.sub(rf"\b(a photo of )?{re.escape(token)}( {re.escape(class_noun)})?\b", name, prompt)
+    return prompt
 
 
 def _percent(progress: dict[str, Any]) -> int | None:

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from bot.cards import Button, Card, JobSnapshot, image_buttons, render_card
 from core.db import session_scope
@@ -77,6 +78,28 @@ class Poster(Protocol):
 
     async def find(self, target: Target, nonce: str) -> str | None:
         """The id of a message already posted with `nonce`, if any (restart recovery)."""
+
+
+def job_snapshot(session: Session, job: Job) -> JobSnapshot:
+    """What a card needs to know about `job`: its row, queue position and subjects."""
+    position = 0
+    if job.status == "queued":
+        ahead = select(func.count()).where(Job.queue == job.queue, Job.status == "queued", Job.id < job.id)
+        position = 1 + (session.scalar(ahead) or 0)
+    subjects = tuple((sub.token, sub.class_noun, sub.name) for sub in job.subjects)
+    first = session.get(Subject, job.subject_id) if job.subject_id else None
+    return JobSnapshot(
+        job.id,
+        job.kind,
+        job.status,
+        dict(job.progress or {}),
+        dict(job.params or {}),
+        job.result,
+        job.error,
+        position,
+        first.name if first else None,
+        subjects,
+    )
 
 
 def card_key(job_id: int) -> str:
@@ -266,29 +289,7 @@ class Delivery:
         with session_scope(self.settings) as s:
             job = s.get(Job, job_id)
             assert job is not None
-            position = 0
-            if job.status == "queued":
-                position = 1 + (
-                    s.scalar(
-                        select(func.count()).where(
-                            Job.queue == job.queue, Job.status == "queued", Job.id < job.id
-                        )
-                    )
-                    or 0
-                )
-            subject = s.get(Subject, job.subject_id) if job.subject_id else None
-            snap = JobSnapshot(
-                job.id,
-                job.kind,
-                job.status,
-                dict(job.progress or {}),
-                dict(job.params or {}),
-                job.result,
-                job.error,
-                position,
-                subject.name if subject else None,
-            )
-        return render_card(snap)
+            return render_card(job_snapshot(s, job))
 
     def _images_message(self, item: OutboxItem) -> OutMessage:
         storage = storage_from_settings(self.settings)

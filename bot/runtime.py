@@ -78,10 +78,18 @@ async def run_bot(settings: Settings, web_app: object, stop: asyncio.Event | Non
     tasks += [asyncio.create_task(a.run(stop), name=a.platform) for a in adapters]
     for adapter in adapters:
         log.info("%s adapter started", adapter.platform)
+
+    async def stop_web_when_asked() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(stop_web_when_asked(), name="stop-watcher")
     try:
-        # The web server ends on SIGINT/SIGTERM (uvicorn handles them): then stop the rest.
+        # The web server ends on SIGINT/SIGTERM (uvicorn handles them) or when `stop` is
+        # set by the caller: then everything else stops too.
         await tasks[0]
     finally:
+        watcher.cancel()
         stop.set()
         server.should_exit = True
         await asyncio.gather(*tasks[1:], return_exceptions=True)

@@ -22,11 +22,11 @@ from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import select
 
-from bot.cards import JobSnapshot, image_buttons, render_card
-from bot.delivery import OutMessage, Target
+from bot.cards import image_buttons, render_card
+from bot.delivery import OutMessage, Target, job_snapshot
 from bot.service import ConversationService, Origin, Reply, Upload
 from core.db import session_scope
-from core.models import Conversation, ConversationMessage, Image, Job, Subject, User
+from core.models import Conversation, ConversationMessage, Image, Job, User
 from core.settings import LOOPBACK_HOSTS, Settings
 from core.storage import storage_from_settings
 
@@ -285,29 +285,7 @@ def replies_first(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _job_item(session: Any, job: Job) -> dict[str, Any]:
-    subject = session.get(Subject, job.subject_id) if job.subject_id else None
-    position = 0
-    if job.status == "queued":
-        position = 1 + len(
-            list(
-                session.scalars(
-                    select(Job.id).where(Job.queue == job.queue, Job.status == "queued", Job.id < job.id)
-                )
-            )
-        )
-    card = render_card(
-        JobSnapshot(
-            job.id,
-            job.kind,
-            job.status,
-            dict(job.progress or {}),
-            dict(job.params or {}),
-            job.result,
-            job.error,
-            position,
-            subject.name if subject else None,
-        )
-    )
+    card = render_card(job_snapshot(session, job))
     progress = job.progress or {}
     percent = None
     if job.status == "running" and progress.get("total"):

@@ -154,3 +154,9 @@ def test_card_texts() -> None:
     assert card("running") == "🧠 Training Rex — starting…"
     assert "on the moon" in card("succeeded")
     assert card("failed", error="out of memory") == "🧠 Training Rex — failed: out of memory"
+
+
+def test_sample_cards_name_subjects_not_tokens() -> None:
+    snap = JobSnapshot(2, "sample", "queued", {}, {"prompt": "a photo of zwx dog, on the moon", "n": 4}, None,
+                       None, 1, "Rex", (("zwx", "dog", "Rex"),))  # fmt: skip
+    assert render_card(snap).text == "🎨 4 images of “Rex, on the moon” — queued #1"
