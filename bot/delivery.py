@@ -8,7 +8,8 @@ only posted again when not found. So a bot killed mid-delivery neither loses nor
 
 Rows are derived from jobs: every job with a conversation gets a card row
 (`job:{id}:card`, edited in place at most once per `CARD_EDIT_INTERVAL`) and, once it
-succeeds with images, an images row (`job:{id}:images`). Platform errors are retried
+succeeds with images, an images row (`job:{id}:images`): a sample job's pictures, or a
+training's test pictures made with the new model. Platform errors are retried
 with backoff or recorded on the row; they never stop the loop.
 """
 
@@ -25,7 +26,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.cards import Button, Card, JobSnapshot, image_buttons, render_card
+from bot.cards import Button, Card, JobSnapshot, image_buttons, parse_button_id, render_card
 from core.db import session_scope
 from core.dbclock import db_now
 from core.logs import bind_job
@@ -36,6 +37,7 @@ from core.storage import storage_from_settings
 log = logging.getLogger(__name__)
 
 CARD_EDIT_INTERVAL = 1.0  # seconds between edits of one card (platform rate limits)
+TRAINING_IMAGES_TEXT = "First test pictures with the new model:"
 MAX_ATTEMPTS = 8
 
 
@@ -145,13 +147,14 @@ class Delivery:
                 .where(Conversation.platform.in_(platforms), ~has_card.exists())
             ).all()
             has_images = select(OutboxItem.id).where(OutboxItem.job_id == Job.id, OutboxItem.kind == "images")
+            made_images = select(Image.id).where(Image.job_id == Job.id)
             need_images = s.execute(
                 select(Job.id, Job.conversation_id)
                 .join(Conversation, Conversation.id == Job.conversation_id)
                 .where(
                     Conversation.platform.in_(platforms),
                     Job.status == "succeeded",
-                    Job.kind == "sample",
+                    (Job.kind == "sample") | ((Job.kind == "train") & made_images.exists()),
                     ~has_images.exists(),
                 )
             ).all()
@@ -308,8 +311,14 @@ class Delivery:
             ]
             ids = [img.id for img in images]
             notice = (job.result or {}).get("notice") if job else None
-        text = notice or ""
-        return OutMessage(text, files=files, buttons=image_buttons(item.job_id or 0, ids))
+            training = job is not None and job.kind == "train"
+        buttons = image_buttons(item.job_id or 0, ids)
+        if training:  # test pictures: vary or upscale them, but a reroll would retrain
+            text = TRAINING_IMAGES_TEXT
+            buttons = [b for b in buttons if (parse_button_id(b.custom_id) or ("",))[0] != "reroll"]
+        else:
+            text = notice or ""
+        return OutMessage(text, files=files, buttons=buttons)
 
     def _mark_posting(self, row_id: int) -> None:
         with session_scope(self.settings) as s:

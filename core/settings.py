@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     )
     train_time_limit: int = Field(2 * 3600, gt=0, description="seconds a training may run")
     sample_time_limit: int = Field(300, gt=0, description="seconds a sampling job may run")
+    wandb_project: str | None = Field(
+        None,
+        description="Weights & Biases project for training metrics (used only when the wandb "
+        "package is installed; TensorBoard event files are always written)",
+    )
     nsfw_filter: bool = Field(True, description="run the safety checker and never post blocked images")
 
     # -- retention (core/retention.py; the bot process cleans up every RETENTION_INTERVAL) --

@@ -81,14 +81,22 @@ class TrainConfig(BaseModel):
     # -- bookkeeping ---------------------------------------------------------------------------
     checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
     progress_interval: float = Field(1.0, gt=0, description="seconds between progress reports")
+    preview_interval: float = Field(
+        30.0, ge=0, description="seconds between preview thumbnails in the progress (0: none)"
+    )
+    # -- validation: test pictures with the trained model, posted as the job's images ------------
+    validation_images: int = Field(4, ge=0, le=16, description="how many (0: none)")
+    validation_prompt: str = "a photo of {token} {class_noun}"
+    validation_steps: int = Field(25, ge=1, le=150, description="DPM-Solver++ steps per picture")
+    validation_guidance_scale: float = Field(7.5, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) is above max_steps ({self.max_steps})")
-        for name in ("instance_prompt", "class_prompt"):
+        for name in ("instance_prompt", "class_prompt", "validation_prompt"):
             try:
-                getattr(self, name).format(token="t", class_noun="c")
+                _fill(getattr(self, name), "t", "c")
             except (KeyError, IndexError, ValueError) as exc:
                 raise ValueError(f"{name} may only use {{token}} and {{class_noun}} ({exc})") from None
         return self
@@ -117,10 +125,15 @@ class TrainConfig(BaseModel):
         )
 
     def prompts(self, token: str, class_noun: str) -> tuple[str, str]:
-        return (
-            self.instance_prompt.format(token=token, class_noun=class_noun),
-            self.class_prompt.format(token=token, class_noun=class_noun),
-        )
+        return _fill(self.instance_prompt, token, class_noun), _fill(self.class_prompt, token, class_noun)
+
+    def validation_text(self, token: str, class_noun: str) -> str:
+        return _fill(self.validation_prompt, token, class_noun)
+
+
+def _fill(template: str, token: str, class_noun: str) -> str:
+    # `{class}` is accepted as a short alias of `{class_noun}`.
+    return template.format(token=token, class_noun=class_noun, **{"class": class_noun})
 
 
 # Per-kind starting points (tuned after the usual DreamBooth/LoRA advice): people need

@@ -22,7 +22,16 @@ log = logging.getLogger(__name__)
 
 _STEP = re.compile(r"step-(\d+)\.pt$")
 # Settings that do not change the weights a run produces: left out of the fingerprint.
-_NEUTRAL = {"checkpoint_every", "progress_interval", "class_batch_size"}
+_NEUTRAL = {
+    "checkpoint_every",
+    "progress_interval",
+    "class_batch_size",
+    "preview_interval",
+    "validation_images",
+    "validation_prompt",
+    "validation_steps",
+    "validation_guidance_scale",
+}
 
 
 def prefix(subject_id: int) -> str:

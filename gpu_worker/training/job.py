@@ -3,6 +3,8 @@
 `train_subject` is shared by the Celery job (`run(ctx)`) and the local CLI: read the
 subject and its photos, resolve the config, make sure the class images exist, resume from
 a checkpoint if there is one, train, store the result, mark the subject ready, clean up.
+Given the job's lease it also writes TensorBoard event files (`monitor.RunLog`) and, once
+the model is safely stored, makes a few test pictures that become the job's images.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from core import jobs
 from core.db import session_scope
 from core.errors import LeaseLost, NotFound, UserFacingError
-from core.models import Subject
+from core.image_codec import png_with_metadata
+from core.models import Image, Subject
 from core.photos import validate_photo
 from core.settings import Settings
 from core.storage import Storage, storage_from_settings
@@ -29,6 +32,7 @@ from gpu_worker.training import checkpoint
 from gpu_worker.training.class_images import ensure_class_images
 from gpu_worker.training.export import scratch_dir, write_full, write_lora
 from gpu_worker.training.models import load_components
+from gpu_worker.training.monitor import RunLog
 from gpu_worker.training.trainer import Hooks, Trainer
 
 log = logging.getLogger(__name__)
@@ -102,8 +106,12 @@ def train_subject(
     overrides: dict[str, Any] | None = None,
     hooks: Hooks | None = None,
     config_files: tuple[str, ...] = (),
+    lease: jobs.Lease | None = None,
 ) -> dict[str, Any]:
-    """Train `subject_id` and store the result; returns the job's result dict."""
+    """Train `subject_id` and store the result; returns the job's result dict.
+
+    With `lease` (a job runs this), metrics go to TensorBoard under the job's id and the
+    validation pictures are recorded as the job's images."""
     hooks = hooks or Hooks()
     started = time.monotonic()
     storage = storage_from_settings(settings)
@@ -143,13 +151,27 @@ def train_subject(
         resumed_from = trainer.step
         del state
     outer_save = hooks.save_checkpoint
+    run_log = RunLog(settings, storage, lease.job_id, config_dict, resumed_from) if lease else None
 
     def save(step: int, state: dict[str, Any]) -> None:
         checkpoint.save(storage, subject_id, step, state)
         outer_save(step, state)
+        if run_log is not None:
+            run_log.upload()
 
     train_started = time.monotonic()
-    stats = trainer.train(Hooks(progress=hooks.progress, may_write=hooks.may_write, save_checkpoint=save))
+    try:
+        stats = trainer.train(
+            Hooks(
+                progress=hooks.progress,
+                may_write=hooks.may_write,
+                save_checkpoint=save,
+                metrics=run_log.scalars if run_log is not None else hooks.metrics,
+            )
+        )
+    finally:
+        if run_log is not None:
+            run_log.close()
     train_seconds = time.monotonic() - train_started
 
     hooks.progress(phase="saving", step=trainer.step, total=cfg.steps)
@@ -169,6 +191,9 @@ def train_subject(
         settings, subject_id, artifact_key=key, artifact_sha256=sha, status="ready", method=cfg.method
     )
     checkpoint.clear(storage, subject_id)
+    if lease is not None and cfg.validation_images:
+        extra["validation"] = _validate(settings, lease, trainer, info, hooks)
+        extra["image_ids"] = [im["id"] for im in extra["validation"].get("images", [])]
     trained = trainer.step - resumed_from
     return {
         "subject_id": subject_id,
@@ -189,6 +214,64 @@ def train_subject(
         "steps_per_s": round(trained / train_seconds, 3) if train_seconds > 0 and trained else None,
         "config": config_dict,
     }
+
+
+def _validate(
+    settings: Settings, lease: jobs.Lease, trainer: Trainer, info: SubjectInfo, hooks: Hooks
+) -> dict[str, Any]:
+    """Make, store and record the test pictures. Best effort: the model is already stored
+    and the subject ready, so nothing here may fail the training; it says what happened."""
+    from gpu_worker.training.validation import SCHEDULER, make_validation_images
+
+    cfg = trainer.cfg
+    prompt = cfg.validation_text(info.token, info.class_noun)
+    out: dict[str, Any] = {"prompt": prompt, "steps": cfg.validation_steps, "scheduler": SCHEDULER}
+    try:
+        hooks.progress(phase="validating", step=0, total=cfg.validation_images)
+        made = make_validation_images(
+            trainer,
+            prompt,
+            count=cfg.validation_images,
+            steps=cfg.validation_steps,
+            guidance_scale=cfg.validation_guidance_scale,
+            nsfw_filter=settings.nsfw_filter,
+        )
+        out.update(blocked=made.blocked, safety_checked=made.safety_checked, images=[])
+        storage = storage_from_settings(settings)
+        with session_scope(settings) as s:  # rows of an earlier attempt would be duplicates
+            s.execute(delete(Image).where(Image.job_id == lease.job_id))
+        for i, (image, seed) in enumerate(made.images):
+            meta = {
+                "prompt": prompt,
+                "seed": seed,
+                "steps": cfg.validation_steps,
+                "guidance_scale": cfg.validation_guidance_scale,
+                "scheduler": SCHEDULER,
+                "base_model": info.base_model,
+                "subjects": f"{info.token} {info.class_noun} (#{info.id})",
+                "size": f"{image.width}x{image.height}",
+                "training_job": lease.job_id,
+            }
+            key = f"jobs/{lease.job_id}/{i}.png"
+            storage.put(key, png_with_metadata(image, meta))
+            image_id = jobs.add_image(
+                settings,
+                lease,
+                storage_key=key,
+                seed=seed,
+                prompt=prompt,
+                width=image.width,
+                height=image.height,
+            )
+            out["images"].append({"id": image_id, "key": key, "seed": seed})
+            hooks.progress(phase="validating", step=i + 1, total=cfg.validation_images)
+    except (JobCancelled, SoftTimeLimitExceeded, LeaseLost) as exc:
+        log.info("validation images stopped early (%s)", type(exc).__name__)
+        out["error"] = "stopped early"
+    except Exception as exc:
+        log.exception("validation images failed; the trained model is stored and usable")
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
@@ -214,9 +297,15 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
     try:
         return train_subject(
-            ctx.settings, info.id, overrides, Hooks(progress=ctx.progress, may_write=may_write)
+            ctx.settings,
+            info.id,
+            overrides,
+            Hooks(progress=ctx.progress, may_write=may_write),
+            lease=ctx.lease,
         )
     except BaseException as exc:
+        if _subject(ctx.settings, info.id).status == "ready":
+            raise  # this attempt stored its model (it was "training" until then): keep it
         # Cancelled or retried later: back to how it was. Failed for good: say so, unless
         # an earlier training left a usable model (that one still works).
         final = not isinstance(exc, JobCancelled | LeaseLost | KeyboardInterrupt | SoftTimeLimitExceeded)

@@ -44,6 +44,7 @@ from gpu_worker.training.models import (
     pick_precision,
     want_8bit_adam,
 )
+from gpu_worker.training.monitor import x0_preview
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,13 @@ class TrainingDiverged(UserFacingError):
 
 @dataclass
 class Hooks:
-    """How a run talks to the outside: progress (may raise to stop), lease check, checkpoints."""
+    """How a run talks to the outside: progress (may raise to stop), lease check, checkpoints,
+    and scalars for TensorBoard at each progress report."""
 
     progress: Callable[..., None] = lambda **values: None
     may_write: Callable[[], bool] = lambda: True
     save_checkpoint: Callable[[int, dict[str, Any]], None] = lambda step, state: None
+    metrics: Callable[[int, dict[str, float]], None] = lambda step, values: None
 
 
 @dataclass
@@ -115,6 +118,8 @@ class Trainer:
         self.step = 0
         self.saved_step = -1
         self.stats = Stats()
+        self.preview: str | None = None  # the latest x0 thumbnail, repeated in every report
+        self._preview_at = -math.inf  # the first report carries one; -inf: never made yet
         self._setup_models()
         self._cache_latents(instance_images, class_images if self.prior else [])
         self._cache_text(instance_prompt, class_prompt)
@@ -338,6 +343,7 @@ class Trainer:
     def _report(self, hooks: Hooks, start_step: int, started: float) -> None:
         loss = (self._loss_sum / max(self._loss_n, 1)).item()  # the only regular host sync
         now = time.monotonic()
+        last_step, last_time = self.stats.timings[-1]
         self.stats.timings.append((self.step, now))
         if not math.isfinite(loss):
             raise TrainingDiverged(
@@ -349,6 +355,10 @@ class Trainer:
         self.stats.last_loss = loss
         rate = (self.step - start_step) / max(now - started, 1e-9)
         eta = ((self.cfg.steps or 0) - self.step) / rate if rate > 0 else None
+        recent = (self.step - last_step) / max(now - last_time, 1e-9)  # this interval only
+        lr = float(self.lr_scheduler.get_last_lr()[0])
+        hooks.metrics(self.step, {"loss": loss, "lr": lr, "steps_per_s": recent})
+        self._maybe_preview(now)
         hooks.progress(
             phase="training",
             step=self.step,
@@ -356,7 +366,27 @@ class Trainer:
             loss=round(loss, 6),
             steps_per_s=round(rate, 3),
             eta_s=None if eta is None else round(eta, 1),
+            **({"preview": self.preview} if self.preview else {}),
         )
+
+    def _maybe_preview(self, now: float) -> None:
+        every = self.cfg.preview_interval
+        if not every or now - self._preview_at < every or not self.acc.is_main_process:
+            return
+        self._preview_at = now
+        try:
+            # Own generator and no gradients: the training trajectory is untouched.
+            self.preview = x0_preview(self)
+        except ValueError as exc:  # e.g. a model whose latents are not 4-channel SD ones
+            log.info("no training preview for this model (%s)", exc)
+            self._preview_at = math.inf  # and no further tries
+
+    def release_optimizer(self) -> None:
+        """Drop the optimizer state (twice the trainable weights for AdamW) once the trained
+        weights are saved, so inference at the end has that memory back."""
+        getattr(self.optimizer, "optimizer", self.optimizer).state.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _check_finite(self) -> None:
         if self._loss_n and not torch.isfinite(self._loss_sum).item():

@@ -89,6 +89,38 @@ async def test_card_is_edited_in_place_and_images_posted_once(sqlite_settings: S
     assert ("variations", image_id) in actions and ("reroll", job.id) in actions
 
 
+async def test_a_training_posts_its_test_pictures_only_when_it_made_some(sqlite_settings: Settings) -> None:
+    poster = RecordingPoster()
+    delivery = Delivery(sqlite_settings, {"test": poster})
+    conv = conversation(sqlite_settings)
+    with_pictures = jobs.submit(sqlite_settings, kind="train", conversation_id=conv)
+    without = jobs.submit(sqlite_settings, kind="train", conversation_id=conv)
+    image_ids = []
+    for job in (with_pictures, without):
+        lease = jobs.claim(sqlite_settings, job.id, "w")
+        assert lease is not None
+        if job is with_pictures:
+            for i in range(2):
+                key = f"jobs/{job.id}/{i}.png"
+                storage_from_settings(sqlite_settings).put(key, png(10 + i))
+                image_ids.append(
+                    jobs.add_image(
+                        sqlite_settings, lease, storage_key=key, seed=i, prompt="p", width=64, height=64
+                    )
+                )
+        jobs.finish(sqlite_settings, lease, {"image_ids": image_ids if job is with_pictures else []})
+    await run_passes(delivery, 3)
+    with session_scope(sqlite_settings) as s:
+        kinds = sorted(s.execute(select(OutboxItem.job_id, OutboxItem.kind)).tuples())
+    assert kinds == [(with_pictures.id, "images"), (with_pictures.id, "job_card"), (without.id, "job_card")]
+    posted = [m for m in poster.messages.values() if m.files]
+    assert len(posted) == 1 and [f[1] for f in posted[0].files] == [png(10), png(11)]
+    assert posted[0].text == "First test pictures with the new model:"
+    actions = [parse_button_id(b.custom_id) for b in posted[0].buttons]
+    assert ("variations", image_ids[0]) in actions and ("upscale", image_ids[1]) in actions
+    assert not any(a is not None and a[0] == "reroll" for a in actions)  # a reroll would not retrain
+
+
 async def test_restart_mid_post_does_not_post_twice(sqlite_settings: Settings) -> None:
     poster = RecordingPoster()
     conv = conversation(sqlite_settings)

@@ -96,3 +96,15 @@ def test_config_module_needs_no_torch() -> None:
 
     code = "import sys, core.train_config; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0
+
+
+def test_validation_and_preview_settings() -> None:
+    cfg = build_config()
+    assert (cfg.validation_images, cfg.validation_steps, cfg.preview_interval) == (4, 25, 30.0)
+    assert cfg.validation_text("zwx", "mug") == "a photo of zwx mug"
+    short = build_config(overrides={"validation_prompt": "{token} {class} on the moon"})
+    assert short.validation_text("zwx", "dog") == "zwx dog on the moon"  # {class}: short for {class_noun}
+    with pytest.raises(TrainConfigError, match="validation_prompt"):
+        build_config(overrides={"validation_prompt": "a photo of {name}"})
+    with pytest.raises(TrainConfigError, match="validation_images"):
+        build_config(overrides={"validation_images": -1})

@@ -19,7 +19,8 @@ from gpu_worker.training.job import train_subject
 from gpu_worker.training.trainer import Hooks
 from tests.helpers.training import FAST, Recorder, make_trained_subject_row
 
-TEN = {**FAST, "steps": 10, "checkpoint_every": 5, "learning_rate": 1e-2}
+# Previews at every report: their extra forward pass must not change the trajectory.
+TEN = {**FAST, "steps": 10, "checkpoint_every": 5, "learning_rate": 1e-2, "preview_interval": 1e-6}
 
 
 class Crash(RuntimeError):
@@ -39,7 +40,7 @@ def test_resume_after_a_crash_is_exact(sqlite_settings: Settings, tiny_model_dir
     resumed = make_trained_subject_row(
         sqlite_settings, tiny_model_dir, name="b", user="u2"
     )  # same photos+token
-    train_subject(sqlite_settings, straight, TEN)
+    train_subject(sqlite_settings, straight, {**TEN, "preview_interval": 0})  # no previews at all
 
     first = Recorder(stop_at=7, exc=Crash)
     with pytest.raises(Crash):

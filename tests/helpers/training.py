@@ -15,7 +15,8 @@ from core.photos import store_subject_photos
 from core.settings import Settings
 
 # A few steps, two class images made with two sampler steps, a checkpoint every 2 steps,
-# progress after every step (so hooks see each one).
+# progress after every step (so hooks see each one), no validation pictures at the end
+# (tests of those ask for them).
 FAST: dict[str, Any] = dict(
     steps=4,
     num_class_images=2,
@@ -24,6 +25,7 @@ FAST: dict[str, Any] = dict(
     checkpoint_every=2,
     progress_interval=1e-6,
     lr_warmup_steps=0,
+    validation_images=0,
 )
 
 
