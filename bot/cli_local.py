@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from core.errors import UserFacingError
+from core.settings import Settings
 
 
 def generate(
@@ -25,13 +26,13 @@ def generate(
     from bot.cli import _fail, _settings
     from bot.local_jobs import cli_user, export_images, run_or_follow, subject_ids_by_name
     from core import jobs
-    from core.sample_request import compose_prompt, parse_sample_request
+    from core.sample_request import parse_sample_request
 
     settings = _settings()
     try:
         user_id = cli_user(settings)
         ids = subject_ids_by_name(settings, user_id, subject or [])
-        prompt = _with_subjects(settings, prompt, ids, compose_prompt)
+        prompt = _with_subjects(settings, prompt, ids)
         params = {
             "prompt": prompt,
             "n": n,
@@ -59,15 +60,15 @@ def generate(
         typer.echo(path)
 
 
-def _with_subjects(settings: object, prompt: str, ids: list[int], compose: object) -> str:
-    """Make sure the prompt names each subject's token and class noun."""
+def _with_subjects(settings: Settings, prompt: str, ids: list[int]) -> str:
+    """The prompt with each subject named as "token class_noun" (the agent's rule, in code)."""
+    from agent.scene import SubjectRef, scene_prompt
     from core.db import session_scope
     from core.models import Subject
 
-    with session_scope(settings) as s:  # type: ignore[arg-type]
-        subjects = [s.get(Subject, i) for i in ids]
-        pairs = [(sub.token, sub.class_noun) for sub in subjects if sub is not None]
-    return compose(prompt, pairs) if pairs else prompt  # type: ignore[operator]
+    with session_scope(settings) as s:
+        refs = [SubjectRef(sub.token, sub.class_noun, sub.name) for i in ids if (sub := s.get(Subject, i))]
+    return scene_prompt(prompt, refs) if refs else prompt
 
 
 def train(
@@ -88,10 +89,11 @@ def train(
     keep_photos: Annotated[
         bool, typer.Option("--keep-photos", help="keep the photos after training (deleted otherwise)")
     ] = False,
+    out: Annotated[Path, typer.Option(help="folder for the test pictures made after training")] = Path("."),
 ) -> None:
     """Train a subject locally with the same code path as /train; prints where the model went."""
     from bot.cli import _fail, _settings
-    from bot.local_jobs import cli_user, run_or_follow
+    from bot.local_jobs import cli_user, export_images, run_or_follow
     from core.subjects import ConsentRequired, start_training
     from core.train_config import build_config, load_config_file, parse_set
 
@@ -122,3 +124,5 @@ def train(
         raise _fail(f"training #{started.job_id} {final.status}: {final.error or ''}")
     result = final.result or {}
     typer.echo(f"{name} ({started.token} {class_noun}) is ready: {result.get('artifact_key', '')}")
+    for path in export_images(settings, started.job_id, out):  # the validation pictures
+        typer.echo(path)
