@@ -211,7 +211,11 @@ class OutboxItem(Base):
     """One thing to post to a conversation: `pending -> posting -> posted`."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_state_created", "state", "created_at"),)
+    __table_args__ = (
+        Index("ix_outbox_state_created", "state", "created_at"),
+        # delivery asks "does job N have its card / images row yet?" on every pass
+        Index("ix_outbox_job_kind", "job_id", "kind"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     conversation_id: Mapped[int] = mapped_column(
