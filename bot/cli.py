@@ -12,11 +12,13 @@ from bot.cli_local import generate, train
 from bot.dashboard.cli import admin_app, dashboard
 from core.errors import DreambotError, SchemaOutdated
 from core.settings import Settings, SettingsError, load_settings
+from gpu_worker.model_cache_cli import model_app
 
 app = typer.Typer(help="dreambot: personalised Stable Diffusion in Discord and Slack.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
+app.add_typer(model_app, name="model")
 app.command()(dashboard)
 app.command()(generate)
 app.command()(train)

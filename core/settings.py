@@ -144,7 +144,8 @@ class Settings(BaseSettings):
     # -- diffusion ------------------------------------------------------------------------
     base_model: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        description="Stable Diffusion base model: a hub id or a local folder",
+        description="Stable Diffusion base model: a hub id, a local folder, or storage:<key prefix> "
+        "(published with `dreambot model publish`; copied once to each worker's model cache)",
     )
     train_config: Path | None = Field(
         None, description="YAML/JSON file with deployment-wide training defaults"
@@ -179,6 +180,12 @@ class Settings(BaseSettings):
         None, description="local LoRA file cache; default <data_dir>/lora-cache"
     )
     lora_cache_bytes: int = Field(4 * 1024**3, ge=0, description="LoRA disk cache size limit in bytes")
+    model_cache_dir: Path | None = Field(
+        None, description="local copies of storage: base models; default <data_dir>/model-cache"
+    )
+    model_cache_bytes: int = Field(
+        40 * 1024**3, ge=0, description="base model disk cache size limit in bytes (fit two models at least)"
+    )
     resident_adapters: int = Field(8, ge=1, description="LoRA adapters kept loaded in a sampling pipeline")
     sample_fuse_lora: bool = Field(True, description="merge active LoRAs into the weights (faster steps)")
     sample_compile: bool = Field(False, description="torch.compile the UNet on GPU (slow first job)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 import uuid
 import weakref
 from collections import OrderedDict
@@ -72,7 +73,10 @@ class LoraDiskCache:
             self._drop_partials()
             if path.is_file():
                 if file_sha256(path) == sha256:
-                    os.utime(path)  # mtime = last use, for the LRU
+                    # mtime = last use, for the LRU; an explicit ns time, since the kernel's
+                    # own "now" is a clock tick and two uses ms apart would tie.
+                    now = time.time_ns()
+                    os.utime(path, ns=(now, now))
                     return path
                 log.warning("lora cache: %s is damaged; fetching it again from %s", path.name, key)
                 path.unlink()

@@ -17,11 +17,15 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
 from core.storage import Storage
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 log = logging.getLogger(__name__)
 SEED_BASE = 7_000_000
@@ -56,8 +60,12 @@ def ensure_class_images(
     guidance_scale: float = 7.5,
     batch_size: int = 8,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    settings: Settings | None = None,
 ) -> ClassImages:
-    """Return `count` class images, generating only those the cache lacks."""
+    """Return `count` class images, generating only those the cache lacks.
+
+    The cache is keyed by the base model's name; `settings` find a `storage:` model's
+    local copy when images must be generated."""
     prefix = cache_prefix(base_model, prompt, resolution)
     present = set(storage.list(prefix + "/"))
     missing = [n for n in range(count) if image_key(prefix, n) not in present]
@@ -75,6 +83,7 @@ def ensure_class_images(
             guidance_scale=guidance_scale,
             batch_size=batch_size,
             progress=lambda done: progress(count - len(missing) + done, count),
+            settings=settings,
         )
     images = []
     for n in range(count):
@@ -95,16 +104,22 @@ def _generate(
     guidance_scale: float,
     batch_size: int,
     progress: Callable[[int], None],
+    settings: Settings | None = None,
 ) -> float:
     """Generate and store `indices`; returns the seconds spent sampling (not loading)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
+    from gpu_worker.model_cache import is_storage_model, resolve_base_model
+
+    path = base_model
+    if is_storage_model(base_model):  # resolved again here: it refreshes the copy's last use
+        from core.settings import get_settings
+
+        path = resolve_base_model(settings or get_settings(), base_model)
     cuda = torch.cuda.is_available()
     half = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     dtype = half if cuda else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(
-        base_model, safety_checker=None, requires_safety_checker=False
-    )
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     device = torch.device("cuda" if cuda else "cpu")

@@ -119,7 +119,7 @@ def train_subject(
     cfg = resolve_config(settings, dict(overrides or {}), config_files)
     hooks.progress(phase="loading")
     photos = _load_photos(storage, info)
-    comps = load_components(info.base_model)
+    comps = load_components(info.base_model, settings)
     cfg = cfg.resolved(n_photos=len(photos), resolution=comps.native_resolution)
     assert cfg.resolution is not None
     instance_prompt, class_prompt = cfg.prompts(info.token, info.class_noun)
@@ -137,6 +137,7 @@ def train_subject(
             guidance_scale=cfg.class_guidance_scale,
             batch_size=cfg.class_batch_size,
             progress=lambda done, total: hooks.progress(phase="class_images", step=done, total=total),
+            settings=settings,
         )
         class_imgs, generated = result.images, result.generated
 

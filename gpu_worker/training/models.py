@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,12 @@ class Components:
     vae: Any
     unet: Any
     noise_scheduler: Any
+    path: str | None = None  # where the parts were read from, when not `base_model` itself
+
+    @property
+    def model_path(self) -> str:
+        """What `from_pretrained` reads for more parts of this model (the safety checker)."""
+        return self.path or self.base_model
 
     @property
     def vae_scale_factor(self) -> int:
@@ -35,25 +44,34 @@ class Components:
         return int(size) * self.vae_scale_factor
 
 
-def load_components(base_model: str) -> Components:
-    """Load tokenizer, text encoder, VAE, UNet (fp32) and a DDPM noise scheduler."""
+def load_components(base_model: str, settings: Settings | None = None) -> Components:
+    """Load tokenizer, text encoder, VAE, UNet (fp32) and a DDPM noise scheduler.
+
+    `base_model` is the name subjects record; a `storage:` name is read from this host's
+    model cache (`settings`, else the process's settings), so subjects stay portable."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from core.errors import UserFacingError
+    from gpu_worker.model_cache import is_storage_model, resolve_base_model
 
+    path = base_model
+    if is_storage_model(base_model):
+        from core.settings import get_settings
+
+        path = resolve_base_model(settings or get_settings(), base_model)
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(base_model, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(base_model, subfolder="text_encoder")
-        vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae")
-        unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet")
-        noise_scheduler = DDPMScheduler.from_pretrained(base_model, subfolder="scheduler")
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
+        noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
     except (OSError, ValueError) as exc:
         raise UserFacingError(
             f"The base model {base_model!r} could not be loaded (is DREAMBOT_BASE_MODEL a Stable "
             f"Diffusion 1.x/2.x folder or hub id available offline?): {exc}"
         ) from None
-    return Components(base_model, tokenizer, text_encoder, vae, unet, noise_scheduler)
+    return Components(base_model, tokenizer, text_encoder, vae, unet, noise_scheduler, path=path)
 
 
 def pick_precision(requested: str, device: torch.device) -> str:

@@ -63,7 +63,7 @@ def make_validation_images(
     trainer.release_optimizer()
     unet = trainer.acc.unwrap_model(trainer.unet_p)
     te = trainer.acc.unwrap_model(trainer.te_p) if trainer.te_p is not None else comps.text_encoder
-    checker, extractor = _safety_checker(comps.base_model) if nsfw_filter else (None, None)
+    checker, extractor = _safety_checker(comps.model_path) if nsfw_filter else (None, None)
     pipe = StableDiffusionPipeline(
         vae=comps.vae,
         text_encoder=te,
