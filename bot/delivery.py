@@ -247,12 +247,13 @@ class Delivery:
             if {k: item.payload.get(k) for k in shown} == shown:
                 return  # nothing new to show
             await poster.edit(target, item.platform_message_id, message)
-            self._edited[item.id] = time.monotonic()
-            await asyncio.to_thread(self._set_payload, item.id, shown)
-            return
-        await self._deliver_once(poster, item, target, message)
-        self._edited[item.id] = time.monotonic()
+        else:
+            await self._deliver_once(poster, item, target, message)
         await asyncio.to_thread(self._set_payload, item.id, shown)
+        if card.done:
+            self._edited.pop(item.id, None)  # a final card is never edited again: forget it
+        else:
+            self._edited[item.id] = time.monotonic()
 
     async def _deliver_once(
         self, poster: Poster, item: OutboxItem, target: Target, message: OutMessage
