@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from kombu import Connection
 
 from core import jobs, migrate
 from core.db import dispose_engines, session_scope
@@ -43,6 +44,9 @@ def amqp_settings(tmp_path: Path, rabbitmq_ready: None) -> Iterator[Settings]:
     migrate.upgrade(settings)
     yield settings
     dispose_engines()
+    with Connection(RABBIT_URL) as conn:  # durable test queues would pile up across runs
+        for base in ("train", "sample"):
+            conn.default_channel.queue_delete(settings.queue_name(base))
 
 
 @pytest.mark.parametrize("broker", ["fs_settings", "redis_settings", "amqp_settings"])
