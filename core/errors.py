@@ -31,6 +31,10 @@ class IllegalTransition(DreambotError):
     """A job was asked to move between states the lifecycle does not allow."""
 
 
+class JobCancelled(DreambotError):
+    """Raised inside a running job's work when someone asked to cancel it."""
+
+
 class LeaseLost(DreambotError):
     """This worker's claim on a job is no longer current (swept, cancelled or finished)."""
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from core import jobs
 from core.db import session_scope
-from core.errors import LeaseLost, UserFacingError
+from core.errors import JobCancelled, LeaseLost, UserFacingError
 from core.logs import bind_job
 from core.models import Job
 from core.settings import Settings
@@ -27,10 +27,6 @@ log = logging.getLogger(__name__)
 
 # Errors worth another attempt on another worker: the database or a disk blinked.
 TRANSIENT: tuple[type[BaseException], ...] = (OperationalError, ConnectionError, TimeoutError)
-
-
-class JobCancelled(Exception):
-    """Raised inside a body when someone asked to cancel the job."""
 
 
 @dataclass

@@ -27,15 +27,13 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from celery.exceptions import SoftTimeLimitExceeded
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params, compute_snr
 from peft import LoraConfig, inject_adapter_in_model
 from PIL import Image
 
-from core.errors import UserFacingError
+from core.errors import JobCancelled, UserFacingError
 from core.train_config import TrainConfig
-from gpu_worker.runtime import JobCancelled
 from gpu_worker.training.data import to_tensor, with_flips
 from gpu_worker.training.models import (
     Components,
@@ -50,7 +48,13 @@ log = logging.getLogger(__name__)
 
 TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # Interruptions that leave a resumable checkpoint behind (a crash does not: its state is suspect).
-INTERRUPTS: tuple[type[BaseException], ...] = (JobCancelled, SoftTimeLimitExceeded, KeyboardInterrupt)
+INTERRUPTS: tuple[type[BaseException], ...] = (JobCancelled, KeyboardInterrupt)
+try:  # a worker's soft time limit; the trainer also runs without Celery (benchmarks, bare GPU images)
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    INTERRUPTS += (SoftTimeLimitExceeded,)
+except ImportError:
+    pass
 CHECKPOINT_VERSION = 1
 
 
