@@ -164,9 +164,12 @@ def start_training(
     return TrainingStarted(subject_id, job.id, token, False)
 
 
-def delete_subject(settings: Settings, subject_id: int) -> None:
-    """Remove a subject, its rows (photos cascade) and every stored file under it."""
+def delete_subject(settings: Settings, subject_id: int) -> int:
+    """Remove a subject, its rows (photos cascade) and every stored file under it.
+
+    Rows first, then files: a crash in between leaves orphan files (retention removes
+    them), never a row pointing at a missing file. Returns how many files went."""
     with session_scope(settings) as session:
         if (row := session.get(Subject, subject_id)) is not None:
             session.delete(row)
-    storage_from_settings(settings).delete_prefix(f"subjects/{subject_id}/")
+    return storage_from_settings(settings).delete_prefix(f"subjects/{subject_id}/")

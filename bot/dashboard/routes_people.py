@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import delete, desc, func, or_, select, update
+from sqlalchemy import desc, func, or_, select, update
 
 from bot.dashboard import audit
 from bot.dashboard.auth import Admin, AdminPost, state_of
@@ -18,6 +18,7 @@ from core.db import session_scope
 from core.errors import NotFound, StorageKeyError
 from core.models import ACTIVE_STATES, AuditLog, Image, Job, Photo, Subject, User, job_subjects
 from core.storage import storage_from_settings
+from core.subjects import delete_subject
 
 router = APIRouter()
 QUOTA_FIELDS = ("max_concurrent_jobs", "trainings_per_day", "images_per_day")
@@ -164,7 +165,6 @@ def subject_delete(request: Request, subject_id: int, admin: AdminPost) -> Respo
     stay (they belong to their jobs and conversations).
     """
     settings = state_of(request).settings
-    storage = storage_from_settings(settings)
     with session_scope(settings) as session:
         subj = session.get(Subject, subject_id)
         if subj is None:
@@ -177,14 +177,8 @@ def subject_delete(request: Request, subject_id: int, admin: AdminPost) -> Respo
         )
         if busy:
             return back(f"/admin/subjects/{subject_id}", err=f"{busy} job(s) using it are still active.")
-        keys = [p.storage_key for p in session.scalars(select(Photo).where(Photo.subject_id == subject_id))]
-        keys += [subj.artifact_key] if subj.artifact_key else []
         name, owner_id = subj.name, subj.owner_id
-        session.execute(delete(Subject).where(Subject.id == subject_id))
-    # Rows first, then blobs: a crash in between leaves orphan files, never a row
-    # pointing at a missing file.
-    removed = sum(1 for key in keys if _delete_quietly(storage, key))
-    removed += storage.delete_prefix(f"subjects/{subject_id}/")
+    removed = delete_subject(settings, subject_id)
     audit.record(
         settings,
         admin.username,
@@ -195,13 +189,6 @@ def subject_delete(request: Request, subject_id: int, admin: AdminPost) -> Respo
         files_removed=removed,
     )
     return back("/admin/subjects", msg=f"Deleted subject {name!r} and {removed} stored file(s).")
-
-
-def _delete_quietly(storage: Any, key: str) -> bool:
-    try:
-        return bool(storage.delete(key))
-    except StorageKeyError:
-        return False
 
 
 @router.get("/images", response_class=HTMLResponse)
