@@ -158,26 +158,17 @@ class Delivery:
                     ~has_images.exists(),
                 )
             ).all()
-        for job_id, conv_id in need_card:
-            self._insert(
-                OutboxItem(
-                    conversation_id=conv_id,
-                    job_id=job_id,
-                    kind="job_card",
-                    idempotency_key=card_key(job_id),
-                    payload={},
+        for kind, rows, key in (("job_card", need_card, card_key), ("images", need_images, images_key)):
+            for job_id, conv_id in rows:
+                self._insert(
+                    OutboxItem(
+                        conversation_id=conv_id,
+                        job_id=job_id,
+                        kind=kind,
+                        idempotency_key=key(job_id),
+                        payload={},
+                    )
                 )
-            )
-        for job_id, conv_id in need_images:
-            self._insert(
-                OutboxItem(
-                    conversation_id=conv_id,
-                    job_id=job_id,
-                    kind="images",
-                    idempotency_key=images_key(job_id),
-                    payload={},
-                )
-            )
 
     def _insert(self, row: OutboxItem) -> None:
         try:
