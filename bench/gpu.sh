@@ -7,8 +7,10 @@
 #
 # Items, each under `timeout`: build the model (gpu-anchor/make_model.py) -> training
 # (bench/train.py: class images, LoRA at S1 and S2 steps, ours vs diffusers'
-# train_dreambooth_lora.py v0.40.0) -> sampling (bench/sample.py: ours vs a plain
-# StableDiffusionPipeline loading the LoRA per request) -> full fine-tune if time is left.
+# train_dreambooth_lora.py v0.40.0) -> sampling (bench/sample.py: ours, eager and with a
+# compiled UNet, vs a plain StableDiffusionPipeline loading the LoRA per request) -> full
+# fine-tune if time is left. PART=train or PART=sample runs half (two device calls on one
+# warm machine: the model built by the first is reused).
 # Tables go to stdout and JSON to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,14 +51,25 @@ say "host: $(nvidia-smi -L 2>/dev/null | head -1 || echo CPU) | $($PY -c 'import
 
 MODEL=/tmp/sd15; TRAIN_ARGS=(--steps ${S1:-30} ${S2:-130} --res 512); SAMPLE_ARGS=()
 if [ "$TINY" = 1 ]; then
-  MODEL=/tmp/sd15-tiny; TRAIN_ARGS=(--steps 4 12 --res 64 --n-class 4 --batch 4); SAMPLE_ARGS=(--res 64 --steps 4 --n1 2 --n4 1)
+  MODEL=/tmp/sd15-tiny; TRAIN_ARGS=(--steps 4 12 --res 64 --n-class 6 --batch 2); SAMPLE_ARGS=(--res 64 --steps 4 --n1 2 --n4 1)
 fi
 build=(.gpu/make_model.py "$MODEL"); [ "$TINY" = 1 ] && build+=(--tiny)
 [ -f "$MODEL/bench_model_ok.json" ] || bounded 150 "$PY" "${build[@]}"
 
-bounded 260 "$PY" bench/train.py --model "$MODEL" --ref-dir .gpu/ref --tv-shim .gpu/shim/dreambooth_tv_shim.py \
-  --configs lora "${TRAIN_ARGS[@]}" --work /tmp/bench-train --out "$OUT/train_lora.json"
-[ "${SKIP_SAMPLE:-0}" = 1 ] || bounded 130 "$PY" bench/sample.py --model "$MODEL" "${SAMPLE_ARGS[@]}" --out "$OUT/sample.json"
-[ "${SKIP_FULL:-0}" = 1 ] || bounded 200 "$PY" bench/train.py --model "$MODEL" --ref-dir .gpu/ref --tv-shim .gpu/shim/dreambooth_tv_shim.py \
-  --configs full "${TRAIN_ARGS[@]}" --work /tmp/bench-train-full --out "$OUT/train_full.json"
+train() {  # CAP CONFIG
+  bounded "$1" "$PY" bench/train.py --model "$MODEL" --ref-dir .gpu/ref --tv-shim .gpu/shim/dreambooth_tv_shim.py \
+    --configs "$2" "${TRAIN_ARGS[@]}" --work "/tmp/bench-train-$2" --out "$OUT/train_$2.json"
+  grep -h "" "/tmp/bench-train-$2"/logs/*.log 2>/dev/null | grep -E "Error|error:|Traceback" | tail -5
+}
+sample() {
+  bounded "$1" "$PY" bench/sample.py --model "$MODEL" "${SAMPLE_ARGS[@]}" --variants "$SAMPLE_VARIANTS" \
+    --out "$OUT/sample.json"
+}
+# PART=train | sample | all: one device call may not hold all of it (~8 min each part).
+PART=${PART:-all}; SAMPLE_VARIANTS=${SAMPLE_VARIANTS:-eager,compiled}
+case "$PART" in
+  train) train 300 lora; train 240 full ;;
+  sample) sample 420 ;;
+  *) train 280 lora; sample 200; train 200 full ;;
+esac
 say "done; JSON in $OUT"

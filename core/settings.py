@@ -186,9 +186,14 @@ class Settings(BaseSettings):
     model_cache_bytes: int = Field(
         40 * 1024**3, ge=0, description="base model disk cache size limit in bytes (fit two models at least)"
     )
-    resident_adapters: int = Field(8, ge=1, description="LoRA adapters kept loaded in a sampling pipeline")
-    sample_fuse_lora: bool = Field(True, description="merge active LoRAs into the weights (faster steps)")
-    sample_compile: bool = Field(False, description="torch.compile the UNet on GPU (slow first job)")
+    resident_adapters: int = Field(
+        8,
+        ge=1,
+        description="people's LoRAs kept in memory by a sampling worker (active ones merged into the weights)",
+    )
+    sample_compile: bool = Field(
+        False, description="torch.compile the UNet (faster steps, a slow first job per image size)"
+    )
 
     # -- job lifecycle timings (seconds) ----------------------------------------------------
     heartbeat_interval: float = Field(10.0, gt=0, description="seconds between a running job's heartbeats")

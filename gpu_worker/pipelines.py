@@ -1,8 +1,8 @@
 """One resident diffusion pipeline per base model per worker process.
 
 Loaded by the first task that needs it (never at import or fork time) and kept: the
-text encoder, UNet and VAE stay on the device, people's LoRAs are swapped in and out
-as named adapters (`lora_cache.ResidentAdapters`), and the img2img pipeline for
+text encoder, UNet and VAE stay on the device, people's LoRAs are merged into the
+weights and swapped by value (`resident_adapters`), and the img2img pipeline for
 variations and upscales is a view over the very same modules (`from_pipe`), so it
 costs no memory and no load time. `generate` draws one batch with it; the job around
 it (checks, storage, rows) is `gpu_worker.sampling`.
@@ -31,8 +31,9 @@ from PIL import Image as PILImage
 from core.sample_request import SampleRequest
 from core.settings import Settings
 from core.storage import storage_from_settings
-from gpu_worker.lora_cache import AdapterRef, LoraDiskCache, ResidentAdapters
+from gpu_worker.lora_cache import AdapterRef, LoraDiskCache
 from gpu_worker.model_cache import resolve_base_model
+from gpu_worker.resident_adapters import ResidentAdapters
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,6 @@ class Resident:
     def use_adapters(self, refs: Sequence[AdapterRef], settings: Settings) -> None:
         """Activate exactly `refs` (the job's subjects) under these settings' limits."""
         self.adapters.capacity = settings.resident_adapters
-        self.adapters.fuse = settings.sample_fuse_lora
         self.adapters.activate(refs)
 
 
@@ -100,6 +100,10 @@ def disk_cache(settings: Settings) -> LoraDiskCache:
     return LoraDiskCache(root, storage_from_settings(settings), settings.lora_cache_bytes)
 
 
+SLICE_ABOVE_PIXELS = 4 * 512 * 512  # a batch's pixels beyond which the VAE decodes image by image
+# One graph per image size and batch (dynamic=False: static shapes compile to the fastest
+# kernels, and a worker sees few sizes). Tests swap the backend for a fast one.
+COMPILE_OPTIONS: dict[str, Any] = {"dynamic": False}
 _residents: dict[str, Resident] = {}
 _load_lock = threading.Lock()
 
@@ -135,25 +139,32 @@ def _load(settings: Settings) -> Resident:
     # The model's own scheduler config is kept for `make_scheduler`; `from_pretrained`
     # gives the checkpoint's default (PNDM for SD 1.5), replaced per request.
     pipe.set_progress_bar_config(disable=True)
+    # Inference only. Reading an adapter freezes what it wraps, so freezing everything now
+    # also keeps a compiled UNet's guards (they check requires_grad) true across swaps.
+    for part in pipe.components.values():
+        if isinstance(part, torch.nn.Module):
+            part.requires_grad_(False)
     if settings.nsfw_filter and getattr(pipe, "safety_checker", None) is None:
         log.warning("DREAMBOT_NSFW_FILTER is on but %s has no safety checker; images are not checked",
                     settings.base_model)  # fmt: skip
     pipe.to(device)
     if device.type == "cuda":
-        # Diffusers uses PyTorch SDPA attention by default; channels_last helps the convs.
+        # Diffusers uses PyTorch SDPA attention by default; channels_last helps the convs,
+        # and the same few shapes come back every request, so cuDNN may time its choices.
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
-    # Decode big batches one image at a time and big images in tiles: no OOM spikes.
-    pipe.vae.enable_slicing()
-    pipe.vae.enable_tiling()
-    if settings.sample_compile and device.type == "cuda":
-        pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", dynamic=False)
+        torch.backends.cudnn.benchmark = True
+    pipe.vae.enable_tiling()  # big images decode in tiles: no OOM spike at 2x upscales
+    if settings.sample_compile:
+        # In place (the module stays a UNet for diffusers). Adapters only change weight
+        # values, never the module tree, so people swap without a recompile.
+        pipe.unet.compile(**COMPILE_OPTIONS)
     return Resident(
         base_model=settings.base_model,
         pipe=pipe,
         device=device,
         dtype=dtype,
-        adapters=ResidentAdapters(pipe, settings.resident_adapters, settings.sample_fuse_lora),
+        adapters=ResidentAdapters(pipe, settings.resident_adapters),
         safety_checker=pipe.safety_checker,
     )
 
@@ -203,6 +214,11 @@ def generate(
         strength = req.effective_strength
         steps = max(steps, math.ceil(1 / strength))  # img2img runs int(steps * strength) steps: at least one
         common.update(image=source.image.resize(size, PILImage.Resampling.LANCZOS), strength=strength)
+    # Up to four native-size images decode as one batch (faster); more, one at a time.
+    if req.n * size[0] * size[1] > SLICE_ABOVE_PIXELS:
+        pipe.vae.enable_slicing()
+    else:
+        pipe.vae.disable_slicing()
 
     def on_step_end(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if report is not None:

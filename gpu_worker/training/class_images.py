@@ -4,8 +4,9 @@ Cached in storage per (base model, class prompt, resolution) under
 `class_images/<hash>-<prompt slug>/<n>.jpg`: the second "dog" ever trained generates none,
 and a job that wants more than the cache holds tops it up. Image n always comes from the
 seed n, so two jobs topping up at once write identical files (storage writes are atomic).
-Generation uses a half-precision pipeline with DPM-Solver++ (25 steps instead of the
-reference's 50 PNDM steps) and is dropped from memory before training starts.
+Generation uses a half-precision pipeline with DPM-Solver++ 2M (20 steps: the quality of
+the reference's 50 PNDM steps, for prior images that only need to be plausible members of
+the class) and is dropped from memory before training starts.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def ensure_class_images(
     prompt: str,
     resolution: int,
     count: int,
-    sample_steps: int = 25,
+    sample_steps: int = 20,
     guidance_scale: float = 7.5,
     batch_size: int = 8,
     progress: Callable[[int, int], None] = lambda done, total: None,
@@ -124,6 +125,10 @@ def _generate(
     pipe.set_progress_bar_config(disable=True)
     device = torch.device("cuda" if cuda else "cpu")
     pipe.to(device, dtype)
+    if cuda:  # as for sampling: NHWC convolutions, cuDNN timing its choice for the one shape
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
     try:
         done, started = 0, time.monotonic()
         for start in range(0, len(indices), batch_size):

@@ -5,7 +5,8 @@ Why it is faster and lighter than diffusers' example scripts:
   distribution are kept; each step draws a fresh sample), and the VAE then leaves the GPU;
 - with a frozen text encoder the two prompt embeddings are computed once and the text
   encoder leaves the GPU too;
-- the loss is read back to the host only about once a second (no per-step sync);
+- the loss is read back to the host only about once a second, and each step's random
+  draws are made on the device, so the host never waits for the GPU between steps;
 - fused AdamW on CUDA, TF32 matmuls, LoRA base weights in half precision.
 
 Why resume is exact: all randomness of step `s` (which photo, flip, latent sample, noise,
@@ -34,7 +35,7 @@ from PIL import Image
 
 from core.errors import JobCancelled, UserFacingError
 from core.train_config import TrainConfig
-from gpu_worker.training.data import to_tensor, with_flips
+from gpu_worker.training.data import latent_distribution, token_ids
 from gpu_worker.training.models import (
     Components,
     dtype_for,
@@ -114,9 +115,11 @@ class Trainer:
         self.acc = Accelerator(mixed_precision=self.precision)
         self.device = self.acc.device
         self.weight_dtype = dtype_for(self.precision)
-        if self.device.type == "cuda" and cfg.allow_tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one shape for the whole run: time it once
+            if cfg.allow_tf32:
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
         self.prior = bool(cfg.prior_preservation and class_images and cfg.prior_loss_weight > 0)
         self.train_te = cfg.train_text_encoder
         self.step = 0
@@ -175,50 +178,28 @@ class Trainer:
             target_modules=targets,
         )
 
-    @torch.no_grad()
-    def _encode(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std of each image's latent distribution: N×V×4×h×w (V: flips)."""
-        vae = self.comps.vae
-        pixels = with_flips(to_tensor(images, self.cfg.resolution or 0), self.cfg.random_flip)
-        n, v = pixels.shape[:2]
-        flat = pixels.flatten(0, 1)
-        means, stds = [], []
-        for chunk in flat.split(4):
-            dist = vae.encode(chunk.to(self.device, dtype=vae.dtype)).latent_dist
-            means.append(dist.mean.float())
-            stds.append(dist.std.float())
-        mean, std = torch.cat(means), torch.cat(stds)
-        return mean.unflatten(0, (n, v)), std.unflatten(0, (n, v))
-
     def _cache_latents(self, instance: list[Image.Image], klass: list[Image.Image]) -> None:
         vae = self.comps.vae
         # bf16 keeps fp32's range; fp16 can overflow in the SD VAE, so it encodes in fp32.
         _move(vae, self.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
-        self.inst_mean, self.inst_std = self._encode(instance)
-        self.cls_mean, self.cls_std = self._encode(klass) if klass else (None, None)
+        res, flip = self.cfg.resolution or 0, self.cfg.random_flip
+        self.inst_mean, self.inst_std = latent_distribution(vae, instance, res, flip, self.device)
+        self.cls_mean, self.cls_std = (
+            latent_distribution(vae, klass, res, flip, self.device) if klass else (None, None)
+        )
         self.scaling = float(vae.config.scaling_factor)
         vae.to("cpu")  # not needed again: free the GPU memory
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _tokens(self, prompt: str) -> torch.Tensor:
-        tok = self.comps.tokenizer
-        return tok(
-            prompt,
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-
     def _cache_text(self, instance_prompt: str, class_prompt: str) -> None:
-        te = self.comps.text_encoder
-        self.ids = (self._tokens(instance_prompt), self._tokens(class_prompt))
+        te, tok = self.comps.text_encoder, self.comps.tokenizer
+        self.ids = (token_ids(tok, instance_prompt, self.device), token_ids(tok, class_prompt, self.device))
         self.embeds: tuple[torch.Tensor, torch.Tensor] | None = None
         if not self.train_te:
             te.to(self.device)
             with torch.no_grad():
-                self.embeds = tuple(te(i.to(self.device))[0].to(self.weight_dtype) for i in self.ids)  # type: ignore[assignment]
+                self.embeds = tuple(te(i)[0].to(self.weight_dtype) for i in self.ids)  # type: ignore[assignment]
             te.to("cpu")
 
     def _setup_optimizer(self) -> None:
@@ -256,29 +237,35 @@ class Trainer:
     def _draw(self, mean: torch.Tensor, std: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, v = mean.shape[:2]
         bs = self.cfg.train_batch_size
-        i, j = torch.randint(n, (bs,), generator=g), torch.randint(v, (bs,), generator=g)
-        eps = torch.randn((bs, *mean.shape[2:]), generator=g).to(self.device)
+        dev = self.device
+        i = torch.randint(n, (bs,), generator=g, device=dev)
+        j = torch.randint(v, (bs,), generator=g, device=dev)
+        eps = torch.randn((bs, *mean.shape[2:]), generator=g, device=dev)
         return (mean[i, j] + std[i, j] * eps) * self.scaling
 
     def compute_loss(self, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(total loss, instance loss, prior loss) for the batch that `seed` draws."""
         cfg, sched = self.cfg, self.comps.noise_scheduler
-        g = torch.Generator().manual_seed(seed)
+        # Drawn on the training device: a host-made tensor copied in would make the host wait
+        # for the GPU at every step (pageable copies sync), so launches could not run ahead.
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        dev = self.device
         parts = [self._draw(self.inst_mean, self.inst_std, g)]
         if self.prior:
             parts.append(self._draw(self.cls_mean, self.cls_std, g))  # type: ignore[arg-type]
         latents = torch.cat(parts)
         b = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=g)
+        noise = torch.randn(latents.shape, generator=g, device=dev)
         if cfg.offset_noise:
-            noise = noise + cfg.offset_noise * torch.randn((b, latents.shape[1], 1, 1), generator=g)
-        timesteps = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(self.device)
-        noise = noise.to(self.device)
+            noise = noise + cfg.offset_noise * torch.randn(
+                (b, latents.shape[1], 1, 1), generator=g, device=dev
+            )
+        timesteps = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g, device=dev)
         noisy = sched.add_noise(latents, noise, timesteps)
         bs = cfg.train_batch_size
         if self.te_p is not None:
             ids = torch.cat([self.ids[0]] * bs + ([self.ids[1]] * bs if self.prior else []))
-            states = self.te_p(ids.to(self.device))[0]
+            states = self.te_p(ids)[0]
         else:
             assert self.embeds is not None
             states = torch.cat([self.embeds[0]] * bs + ([self.embeds[1]] * bs if self.prior else []))

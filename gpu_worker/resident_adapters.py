@@ -1,0 +1,170 @@
+"""People's LoRAs kept in memory beside the resident pipeline, merged into its weights.
+
+A request with subjects costs exactly what the base model costs per step: the active
+adapters' deltas are added into the base weights (W = W0 + sum of weight_i * B_i A_i),
+not run as extra layers. Switching people copies the saved W0 back and adds the new
+deltas: a few hundred small kernels, milliseconds, and the base model comes back bit
+for bit (copied, never subtracted: subtracting in half precision drifts with every swap).
+
+The model's module tree never changes after an adapter is read: a file is loaded with
+diffusers' `load_lora_weights` (so every format it reads works: ours, kohya/A1111, peft),
+its low-rank factors are taken out, and the peft layers are removed again at once. That
+is what makes a compiled UNet (`DREAMBOT_SAMPLE_COMPILE`) keep its one graph: only
+weight values change between people, never the code path, so nothing recompiles.
+
+Up to `capacity` adapters stay resident (least recently used evicted first); their
+factors are tiny (rank x (in + out) per layer), only the merged layers' W0 is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from core.errors import UserFacingError
+from gpu_worker.lora_cache import AdapterRef
+
+log = logging.getLogger(__name__)
+LOADABLE = ("unet", "text_encoder")
+
+
+class UnsupportedAdapter(UserFacingError):
+    """An adapter file this worker cannot merge (DoRA, LoRA biases)."""
+
+
+@dataclass(frozen=True)
+class LayerDelta:
+    """One layer's share of an adapter: delta = up @ down (scaling folded into `up`), or a
+    ready `full` delta for layers that are not plain linear LoRA (conv LoRAs)."""
+
+    module: torch.nn.Module  # the model's own Linear/Conv2d whose weight the delta adds to
+    up: torch.Tensor | None = None
+    down: torch.Tensor | None = None
+    full: torch.Tensor | None = None
+
+    def delta(self) -> torch.Tensor:
+        weight = self.module.weight
+        if self.full is not None:
+            return self.full.float()
+        assert self.up is not None and self.down is not None
+        return (self.up.float() @ self.down.float()).view(weight.shape)
+
+
+def extract_deltas(pipe: object, name: str) -> list[LayerDelta]:
+    """The deltas of adapter `name`, just loaded into `pipe` as peft layers."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    deltas = []
+    for component in LOADABLE:
+        model = getattr(pipe, component, None)
+        for layer in [] if model is None else model.modules():
+            if not isinstance(layer, LoraLayer) or name not in layer.lora_A:
+                continue
+            if layer.use_dora.get(name) or getattr(layer, "lora_bias", {}).get(name):
+                raise UnsupportedAdapter(
+                    "This adapter uses DoRA or LoRA biases, which this worker cannot merge."
+                )
+            base = layer.get_base_layer()
+            with torch.no_grad():
+                if isinstance(layer, LoraLinear) and not layer.fan_in_fan_out:
+                    up = layer.lora_B[name].weight.detach() * layer.scaling[name]
+                    deltas.append(
+                        LayerDelta(base, up=up.clone(), down=layer.lora_A[name].weight.detach().clone())
+                    )
+                else:
+                    full = layer.get_delta_weight(name).detach().to(base.weight.dtype)
+                    deltas.append(LayerDelta(base, full=full))
+    return deltas
+
+
+class ResidentAdapters:
+    """An LRU of adapters (their factors) and the set merged into the weights now."""
+
+    def __init__(self, pipe: object, capacity: int) -> None:
+        self.pipe = pipe
+        self.capacity = max(1, capacity)
+        self._loaded: OrderedDict[str, list[LayerDelta]] = OrderedDict()
+        self._originals: dict[torch.nn.Module, torch.Tensor] = {}  # W0 of every merged layer
+        self._active: tuple[tuple[str, float], ...] = ()
+        self.loads = 0  # how many times a file was read (tests and metrics)
+
+    @property
+    def resident(self) -> list[str]:
+        """Adapter names, least recently used first."""
+        return list(self._loaded)
+
+    @property
+    def active(self) -> list[str]:
+        """The adapters merged into the weights now."""
+        return [name for name, _ in self._active]
+
+    def activate(self, refs: Sequence[AdapterRef]) -> None:
+        """Make exactly `refs` active (loading, and evicting beyond capacity, as needed)."""
+        key = tuple((r.name, r.weight) for r in refs)
+        if any(r.name not in self._loaded for r in refs):
+            self._restore()  # peft must wrap the true W0 while a file is read
+        for ref in refs:
+            if ref.name in self._loaded:
+                self._loaded.move_to_end(ref.name)
+            else:
+                self._make_room(keep={r.name for r in refs})
+                self._load(ref)
+        if key != self._active:
+            self._merge(refs)
+            self._active = key
+
+    def _restore(self) -> None:
+        """Every merged layer back to W0: the base model exactly."""
+        self._merge([])
+        self._active = ()
+
+    @torch.no_grad()
+    def _merge(self, refs: Sequence[AdapterRef]) -> None:
+        # Summed in fp32 and rounded once, so two adapters on one layer lose nothing extra.
+        sums: dict[torch.nn.Module, torch.Tensor] = {}
+        for ref in refs:
+            for d in self._loaded[ref.name]:
+                sums[d.module] = sums.get(d.module, 0) + ref.weight * d.delta()  # type: ignore[operator]
+        for module in [m for m in self._originals if m not in sums]:
+            module.weight.copy_(self._originals.pop(module))  # type: ignore[operator]
+        for module, delta in sums.items():
+            weight = module.weight
+            original = self._originals.setdefault(module, weight.detach().clone())
+            weight.copy_((original.float() + delta.to(original.device)).to(weight.dtype))  # type: ignore[operator]
+
+    def _load(self, ref: AdapterRef) -> None:
+        from safetensors.torch import load_file
+
+        pipe = self.pipe
+        state = load_file(str(ref.path))
+        try:
+            # low_cpu_mem_usage skips initialising weights that are overwritten at once.
+            pipe.load_lora_weights(state, adapter_name=ref.name, low_cpu_mem_usage=True)  # type: ignore[attr-defined]
+            deltas = extract_deltas(pipe, ref.name)
+        finally:
+            pipe.unload_lora_weights()  # type: ignore[attr-defined]  # the module tree as it was
+        if not deltas:
+            raise UnsupportedAdapter("This adapter file holds no LoRA layers for this base model.")
+        self._loaded[ref.name] = deltas
+        self.loads += 1
+        log.info("adapter %s loaded (%d layers, %d resident)", ref.name, len(deltas), len(self._loaded))
+
+    def _make_room(self, keep: set[str]) -> None:
+        while len(self._loaded) >= self.capacity:
+            victim = next((n for n in self._loaded if n not in keep), None)
+            if victim is None:  # every resident adapter is needed now: go over for a moment
+                return
+            self.evict(victim)
+
+    def evict(self, name: str) -> None:
+        if name not in self._loaded:
+            return
+        if name in self.active:
+            self._restore()
+        del self._loaded[name]
+        log.info("adapter %s evicted (%d resident)", name, len(self._loaded))
