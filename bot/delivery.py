@@ -78,8 +78,9 @@ class Poster(Protocol):
 
     async def edit(self, target: Target, message_id: str, message: OutMessage) -> None: ...
 
-    async def find(self, target: Target, nonce: str) -> str | None:
-        """The id of a message already posted with `nonce`, if any (restart recovery)."""
+    async def find(self, target: Target, nonce: str, message: OutMessage) -> str | None:
+        """The id of a message already posted with `nonce`, if any (restart recovery). A
+        platform that posts `message` in several calls may finish a half-done post here."""
 
 
 def job_snapshot(session: Session, job: Job) -> JobSnapshot:
@@ -251,7 +252,7 @@ class Delivery:
     ) -> None:
         nonce = f"db{item.id}"
         if item.state == "posting":  # we may have posted before a crash: look first
-            found = await poster.find(target, nonce)
+            found = await poster.find(target, nonce, message)
             if found is not None:
                 await asyncio.to_thread(self._posted, item.id, found)
                 return

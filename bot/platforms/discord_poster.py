@@ -5,14 +5,16 @@ interaction follow-ups (they need no channel permission); afterwards, and whenev
 token is refused, as ordinary channel messages. Channel messages carry delivery's nonce
 with `enforce_nonce`, so Discord itself returns the first message if the same nonce is
 posted again within a few minutes; `find` also looks for the nonce among recent messages.
-Webhook follow-ups cannot carry a nonce: a crash between such a post and its commit can
-repeat that one message (delivery re-posts it through the channel path after 15 minutes).
+Webhook follow-ups cannot carry a nonce: `find` recognises an images follow-up by its
+files (their names are the job's), so only a card follow-up can be repeated by a crash
+between its post and the commit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import PurePath
 from typing import Any
 
 import aiohttp
@@ -107,15 +109,22 @@ class DiscordPoster:
         except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
             raise _delivery_error(exc) from exc
 
-    async def find(self, target: Target, nonce: str) -> str | None:
+    async def find(self, target: Target, nonce: str, message: OutMessage) -> str | None:
         channel_id = where_to_post(target.channel_id, target.thread_id)
         me = self.client.user.id if self.client.user else None
         try:
             recent = await self.client.http.logs_from(channel_id, RECENT)
         except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
             raise _delivery_error(exc) from exc
+        # File names without extensions: fitting the upload limit may re-encode PNG as WebP/JPEG.
+        stems = {PurePath(name).stem for name, _ in message.files}
         for data in recent:
-            if str(data.get("nonce")) == nonce and (me is None or int(data["author"]["id"]) == me):
+            if me is not None and int(data["author"]["id"]) != me:
+                continue
+            if str(data.get("nonce")) == nonce:
+                return str(data["id"])
+            got = {PurePath(a.get("filename", "")).stem for a in data.get("attachments") or []}
+            if stems and got and got <= stems:  # a follow-up with this job's pictures (no nonce)
                 return str(data["id"])
         return None
 

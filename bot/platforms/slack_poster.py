@@ -6,13 +6,15 @@ conversations.replies / history instead of posting it twice.
 
 Images are uploaded into the thread first (one files_upload_v2 call, so they arrive as one
 message), then a small message with the buttons and the metadata follows: Slack cannot put
-buttons or metadata on a file share. A crash between those two steps would upload the
-images again on retry; the window is one API call wide.
+buttons or metadata on a file share. When the bot stopped between those two steps, `find`
+sees the file share (the file names are the job's) without the metadata message and posts
+only the buttons: the images are not uploaded twice.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -97,25 +99,35 @@ class SlackPoster:
         self.client = client
 
     async def post(self, target: Target, message: OutMessage, nonce: str) -> str:
-        thread = target.thread_id or None
-        try:
-            text, extra = message.text, {}
-            if message.files:
+        file_ids: list[str] | None = None
+        if message.files:
+            try:
                 done = await self.client.files_upload_v2(
                     file_uploads=[
                         {"file": data, "filename": name, "title": name} for name, data in message.files
                     ],
                     channel=target.channel_id,
-                    thread_ts=thread,
+                    thread_ts=target.thread_id or None,
                     initial_comment=message.text or None,
                 )
-                # The files remember which images the Delete button removes.
-                extra = {"files": [f["id"] for f in done.get("files") or []]}
-                # With nothing to click, a tiny marker message still carries the nonce.
-                text = BUTTONS_TEXT if message.buttons else "✅"
+            except (SlackApiError, SlackRequestError, aiohttp.ClientError, TimeoutError) as exc:
+                raise delivery_error(exc) from exc
+            file_ids = [f["id"] for f in done.get("files") or []]
+        return await self._post_message(target, message, nonce, file_ids)
+
+    async def _post_message(
+        self, target: Target, message: OutMessage, nonce: str, file_ids: list[str] | None
+    ) -> str:
+        """The message with text, buttons and the nonce; after images, it points at their files
+        (which the Delete button removes) and carries the buttons or a small marker."""
+        text, extra = message.text, {}
+        if file_ids is not None:
+            extra = {"files": file_ids}
+            text = BUTTONS_TEXT if message.buttons else "✅"
+        try:
             resp = await self.client.chat_postMessage(
                 channel=target.channel_id,
-                thread_ts=thread,
+                thread_ts=target.thread_id or None,
                 text=text or " ",
                 blocks=blocks_for(text, message.buttons),
                 metadata=metadata(nonce, **extra),
@@ -136,8 +148,27 @@ class SlackPoster:
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
             raise delivery_error(exc) from exc
 
-    async def find(self, target: Target, nonce: str) -> str | None:
-        """The ts of the message delivery posted with `nonce`, looked up by its metadata."""
+    async def find(self, target: Target, nonce: str, message: OutMessage) -> str | None:
+        """The ts of the message delivery posted with `nonce`, looked up by its metadata; when
+        only `message`'s images made it (a stop between the two calls), the rest is posted now."""
+        names = {name for name, _ in message.files}
+        shared: dict[str, Any] | None = None
+        async for msg in self._recent(target):
+            meta = msg.get("metadata") or {}
+            if (
+                meta.get("event_type") == EVENT_TYPE
+                and (meta.get("event_payload") or {}).get("nonce") == nonce
+            ):
+                return str(msg["ts"])
+            if names and shared is None and {f.get("name") for f in msg.get("files") or []} == names:
+                shared = msg
+        if shared is None:
+            return None
+        log.info("nonce %s: its images are in the thread already; posting only the buttons", nonce)
+        return await self._post_message(target, message, nonce, [f["id"] for f in shared["files"]])
+
+    async def _recent(self, target: Target) -> AsyncIterator[dict[str, Any]]:
+        """The thread's (or channel's) messages with their metadata, up to LOOKUP_PAGES pages."""
         cursor: str | None = None
         try:
             for _ in range(LOOKUP_PAGES):
@@ -151,29 +182,20 @@ class SlackPoster:
                     )
                 else:
                     resp = await self.client.conversations_history(
-                        channel=target.channel_id,
-                        include_all_metadata=True,
-                        limit=200,
-                        cursor=cursor,
+                        channel=target.channel_id, include_all_metadata=True, limit=200, cursor=cursor
                     )
                 for msg in resp.get("messages") or []:
-                    meta = msg.get("metadata") or {}
-                    if (
-                        meta.get("event_type") == EVENT_TYPE
-                        and (meta.get("event_payload") or {}).get("nonce") == nonce
-                    ):
-                        return str(msg["ts"])
+                    yield msg
                 cursor = (resp.get("response_metadata") or {}).get("next_cursor") or None
                 if not cursor:
-                    return None
+                    return
         except SlackApiError as exc:
             if slack_error(exc) == "thread_not_found":
-                return None
+                return
             raise delivery_error(exc) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise delivery_error(exc) from exc
-        log.warning("nonce %s not found in the newest %d pages; posting again", nonce, LOOKUP_PAGES)
-        return None
+        log.warning("looked through the newest %d pages of %s only", LOOKUP_PAGES, target.channel_id)
 
     async def delete(self, channel: str, ts: str, file_ids: list[str]) -> None:
         """Remove a result message and the images it points at (the Delete button)."""

@@ -57,7 +57,7 @@ class WebPoster:
     async def edit(self, target: Target, message_id: str, message: OutMessage) -> None:
         return None
 
-    async def find(self, target: Target, nonce: str) -> str | None:
+    async def find(self, target: Target, nonce: str, message: OutMessage) -> str | None:
         return f"web-{nonce}"
 
 

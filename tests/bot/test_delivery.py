@@ -38,7 +38,7 @@ class RecordingPoster:
         self.messages[message_id] = message
         self.log.append(("edit", message_id, message.text))
 
-    async def find(self, target: Target, nonce: str) -> str | None:
+    async def find(self, target: Target, nonce: str, message: OutMessage) -> str | None:
         return self.nonces.get(nonce)
 
 

@@ -75,6 +75,26 @@ def outbox(settings: Settings, job_id: int, kind: str) -> OutboxItem | None:
         return row
 
 
+async def restart_after_lost_commit(
+    settings: Settings, fake: FakeDiscord, row_id: int, job_id: int
+) -> OutboxItem:
+    """The images row as if the bot died after posting, before "posted" was committed; then a
+    restarted bot's delivery, until the row is posted again. Returns the row."""
+    with session_scope(settings) as s:
+        s.execute(
+            update(OutboxItem)
+            .where(OutboxItem.id == row_id)
+            .values(state="posting", platform_message_id=None)
+        )
+    async with running_bot(settings, fake):
+        await wait_until(
+            lambda: (r := outbox(settings, job_id, "images")) and r.state == "posted", what="find"
+        )
+    row = outbox(settings, job_id, "images")
+    assert row is not None
+    return row
+
+
 def images_posts(fake: FakeDiscord, channel_id: str) -> list[Any]:
     return [
         r
@@ -96,19 +116,8 @@ async def test_restart_after_posting_started_finds_the_message_instead_of_postin
     first = outbox(settings, job_id, "images")
     assert first is not None and len(images_posts(fake, thread)) == 1
     # The crash: the message reached Discord, but "posted" never reached the database.
-    with session_scope(settings) as s:
-        s.execute(
-            update(OutboxItem)
-            .where(OutboxItem.id == first.id)
-            .values(state="posting", platform_message_id=None)
-        )
-
-    async with running_bot(settings, fake):
-        await wait_until(
-            lambda: (r := outbox(settings, job_id, "images")) and r.state == "posted", what="find"
-        )
-    again = outbox(settings, job_id, "images")
-    assert again is not None and again.platform_message_id == first.platform_message_id
+    again = await restart_after_lost_commit(settings, fake, first.id, job_id)
+    assert again.platform_message_id == first.platform_message_id
     assert len(images_posts(fake, thread)) == 1, "not posted twice"
     looked = fake.rest("GET", rf"^/channels/{thread}/messages$")
     assert looked and looked[-1].query.get("limit") == "50"
@@ -175,6 +184,28 @@ async def test_imagine_card_goes_through_the_token_then_the_channel(
     assert images_posts(fake, fake.channel_id), "after the token, an ordinary channel message"
     edits = fake.rest("PATCH", rf"^/channels/{fake.channel_id}/messages/")
     assert edits and "done" in edits[-1].json["content"]
+
+
+async def test_restart_finds_an_images_follow_up_by_its_files(fake: FakeDiscord, settings: Settings) -> None:
+    """A follow-up through the interaction webhook carries no nonce: it is found by its files."""
+    alice = fake.new_user("alice")
+    async with running_bot(settings, fake):
+        inter = fake.slash("imagine", {"prompt": "a dog on the moon", "n": 2}, alice)
+        await wait_until(lambda: fake.rest("PATCH", f"/{inter['token']}/messages/@original"), what="answer")
+        (job,) = _jobs(settings)
+        finish_sample(settings, job.id, 2)
+        await wait_until(
+            lambda: (r := outbox(settings, job.id, "images")) and r.state == "posted", what="post"
+        )
+    follow_ups = f"^/webhooks/{fake.app_id}/{inter['token']}$"
+    assert len([r for r in fake.rest("POST", follow_ups) if r.files]) == 1
+    first = outbox(settings, job.id, "images")
+    assert first is not None
+    # The crash: the follow-up reached Discord, but "posted" never reached the database.
+    again = await restart_after_lost_commit(settings, fake, first.id, job.id)
+    assert again.platform_message_id == first.platform_message_id
+    assert len([r for r in fake.rest("POST", follow_ups) if r.files]) == 1, "not posted twice"
+    assert not images_posts(fake, fake.channel_id)
 
 
 def noisy_png(side: int, seed: int) -> bytes:

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from bot import delivery as delivery_module
 from bot.cards import image_buttons
-from bot.delivery import card_key
+from bot.delivery import card_key, images_key
 from bot.platforms.slack_convert import train_modal
 from core import jobs
 from core.db import session_scope
@@ -253,11 +253,8 @@ async def test_bad_photos_get_a_friendly_answer_and_nothing_queued(
     assert all(not m for m in fake_slack.messages.values())
 
 
-async def test_restart_finds_a_posting_row_and_does_not_post_again(
-    sqlite_settings: Settings, fake_slack: FakeSlack
-) -> None:
-    settings = slack_settings(sqlite_settings, fake_slack)
-    thread = "1699999300.000300"
+def slack_conversation(settings: Settings, thread: str) -> tuple[int, int]:
+    """A person and a conversation in `thread` (as if they had talked earlier): their ids."""
     with session_scope(settings) as s:
         user = User(platform="slack", platform_user_id=USER, display_name=USER)
         s.add(user)
@@ -265,7 +262,15 @@ async def test_restart_finds_a_posting_row_and_does_not_post_again(
         conv = Conversation(platform="slack", channel_id=CHANNEL, thread_id=thread, user_id=user.id)
         s.add(conv)
         s.flush()
-        user_id, conv_id = user.id, conv.id
+        return user.id, conv.id
+
+
+async def test_restart_finds_a_posting_row_and_does_not_post_again(
+    sqlite_settings: Settings, fake_slack: FakeSlack
+) -> None:
+    settings = slack_settings(sqlite_settings, fake_slack)
+    thread = "1699999300.000300"
+    user_id, conv_id = slack_conversation(settings, thread)
     found = jobs.submit(
         settings, kind="sample", params={"prompt": "a dog", "n": 1}, owner_id=user_id, conversation_id=conv_id
     )
@@ -309,6 +314,46 @@ async def test_restart_finds_a_posting_row_and_does_not_post_again(
         rows = {r.id: (r.state, r.platform_message_id) for r in s.scalars(select(OutboxItem))}
     reposted = fake_slack.thread(CHANNEL, thread)[-1]
     assert rows == {found_row: ("posted", stored["ts"]), lost_row: ("posted", reposted["ts"])}
+
+
+async def test_a_stop_between_upload_and_buttons_does_not_upload_the_images_twice(
+    sqlite_settings: Settings, fake_slack: FakeSlack
+) -> None:
+    settings = slack_settings(sqlite_settings, fake_slack)
+    thread = "1699999350.000350"
+    user_id, conv_id = slack_conversation(settings, thread)
+    job = jobs.submit(
+        settings, kind="sample", params={"prompt": "a dog", "n": 2}, owner_id=user_id, conversation_id=conv_id
+    )
+    image_ids = finish_sample_job(settings, job.id, n=2)
+    with session_scope(settings) as s:
+        s.add(OutboxItem(conversation_id=conv_id, job_id=job.id, kind="job_card", idempotency_key=card_key(job.id),
+                         payload={}, state="posted", platform_message_id="1699999350.000400"))  # fmt: skip
+        row = OutboxItem(conversation_id=conv_id, job_id=job.id, kind="images", idempotency_key=images_key(job.id),
+                         payload={}, state="posting", attempts=1)  # fmt: skip
+        s.add(row)
+        s.flush()
+        row_id = row.id
+    # The bot stopped after Slack shared the two images in the thread, before the buttons message.
+    fake_slack.add_message(CHANNEL, ts=thread, text="<@UBOT0001> draw a dog", user=USER)
+    files = [{"id": f"F0UP{n}", "name": f"dreambot-{job.id}-{n}.png"} for n in (1, 2)]
+    fake_slack.add_message(CHANNEL, thread_ts=thread, subtype="file_share", user=BOT_USER_ID, files=files)
+
+    async with SlackBot(settings, fake_slack) as bot:
+        await bot.deliver()
+
+    assert fake_slack.methods("files.getUploadURLExternal", "upload", "files.completeUploadExternal") == []
+    posts = fake_slack.methods("chat.postMessage")
+    assert len(posts) == 1
+    assert posts[0].args["metadata"]["event_payload"] == {"nonce": f"db{row_id}", "files": ["F0UP1", "F0UP2"]}
+    buttons = [
+        e["action_id"] for b in posts[0].args["blocks"] if b["type"] == "actions" for e in b["elements"]
+    ]
+    assert buttons == [b.custom_id for b in image_buttons(job.id, image_ids)]
+    with session_scope(settings) as s:
+        got = s.get(OutboxItem, row_id)
+        assert got is not None and got.state == "posted"
+        assert got.platform_message_id == fake_slack.thread(CHANNEL, thread)[-1]["ts"]
 
 
 async def test_messages_in_our_thread_go_to_the_agent_with_their_photos(
