@@ -295,6 +295,9 @@ class AdminAccount(Base):
     password_hash: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = _now()
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Session cookies carry the epoch they were issued in; logging out moves it on, which
+    # ends every session of the account in every process, and survives restarts.
+    session_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class AuditLog(Base):

@@ -3,8 +3,9 @@
 - Passwords: argon2id (argon2-cffi), rehashed on login when the parameters change.
 - Session: a cookie signed with `settings.session_secret_value()` (itsdangerous), scoped
   to /admin, HttpOnly, SameSite=Lax, Secure when the request came over https, valid for
-  12 hours. It carries the username, a random session id and the CSRF token; logout
-  revokes the session id in this process and clears the cookie.
+  12 hours. It carries the username, a random session id, the CSRF token and the
+  account's session epoch; logout moves the epoch on (in the database), which ends every
+  session of that admin, in every process and after restarts, and clears the cookie.
 - CSRF: every form carries `csrf_token`; a POST whose token does not match the session's
   (or, for the login form, the signed pre-login cookie's) gets 403.
 - Rate limit: 5 failed logins per client address or per username within 5 minutes lock
@@ -79,9 +80,20 @@ def authenticate(settings: Settings, username: str, password: str) -> bool:
         return True
 
 
-def account_exists(settings: Settings, username: str) -> bool:
+def session_epoch(settings: Settings, username: str) -> int | None:
+    """The account's current session epoch; None when there is no such account."""
     with session_scope(settings) as session:
-        return session.scalar(select(AdminAccount.id).where(AdminAccount.username == username)) is not None
+        return session.scalar(select(AdminAccount.session_epoch).where(AdminAccount.username == username))
+
+
+def end_sessions(settings: Settings, username: str) -> None:
+    """Log `username` out everywhere: cookies of earlier epochs stop working."""
+    with session_scope(settings) as session:
+        session.execute(
+            update(AdminAccount)
+            .where(AdminAccount.username == username)
+            .values(session_epoch=AdminAccount.session_epoch + 1)
+        )
 
 
 # -- rate limiting --------------------------------------------------------------------
@@ -132,7 +144,6 @@ class LoginLimiter:
 class DashboardState:
     settings: Settings
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
-    revoked: set[str] = field(default_factory=set)
 
     def serializer(self, purpose: str) -> URLSafeTimedSerializer:
         return URLSafeTimedSerializer(self.settings.session_secret_value(), salt=f"dreambot-admin-{purpose}")
@@ -150,7 +161,12 @@ class AdminSession:
 
 
 def new_session_cookie(state: DashboardState, username: str) -> str:
-    data = {"u": username, "sid": secrets.token_urlsafe(16), "csrf": secrets.token_urlsafe(24)}
+    data = {
+        "u": username,
+        "sid": secrets.token_urlsafe(16),
+        "csrf": secrets.token_urlsafe(24),
+        "e": session_epoch(state.settings, username) or 0,
+    }
     return state.serializer("session").dumps(data)
 
 
@@ -163,11 +179,12 @@ def read_session(request: Request) -> AdminSession | None:
         data = state.serializer("session").loads(raw, max_age=SESSION_MAX_AGE)
     except BadSignature:
         return None
-    if not isinstance(data, dict) or data.get("sid") in state.revoked:
+    if not isinstance(data, dict):
         return None
     session = AdminSession(username=str(data["u"]), session_id=str(data["sid"]), csrf_token=str(data["csrf"]))
-    # A deleted account loses its sessions at once.
-    return session if account_exists(state.settings, session.username) else None
+    # A deleted account, or one logged out since this cookie was issued, has no session.
+    epoch = session_epoch(state.settings, session.username)
+    return session if epoch is not None and epoch == data.get("e") else None
 
 
 def cookie_options(request: Request, max_age: int | None) -> dict[str, object]:

@@ -16,6 +16,7 @@ from bot.dashboard.auth import (
     SESSION_MAX_AGE,
     AdminPost,
     cookie_options,
+    end_sessions,
     new_session_cookie,
     read_session,
     state_of,
@@ -106,7 +107,7 @@ def login(
 @router.post("/logout")
 def logout(request: Request, admin: AdminPost) -> Response:
     state = state_of(request)
-    state.revoked.add(admin.session_id)
+    end_sessions(state.settings, admin.username)
     audit.record(state.settings, admin.username, "logout", ip=_client(request))
     response = RedirectResponse("/admin/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/admin", httponly=True, samesite="lax")

@@ -82,6 +82,30 @@ def test_login_sets_a_safe_cookie_and_logout_ends_it(
     assert [a[1] for a in _audit(db_settings)] == ["login", "logout"]
 
 
+def test_logout_ends_the_session_in_every_process_and_after_a_restart(
+    client: TestClient, db_settings: Settings, seeded: Seeded
+) -> None:
+    """Logout lives in the database: a second bot process, or this one restarted, refuses
+    the cookie too (the secret is shared, so it still verifies there)."""
+    from bot.web.app import create_app
+
+    token = login(client)
+    cookie = client.cookies.get(SESSION_COOKIE)
+    with TestClient(create_app(db_settings), base_url="http://testserver") as other:
+        other.cookies.set(SESSION_COOKIE, cookie, path="/admin")
+        assert other.get("/admin/", follow_redirects=False).status_code == 200  # the same session there
+        assert (
+            client.post("/admin/logout", data={"csrf_token": token}, follow_redirects=False).status_code
+            == 303
+        )
+        assert other.get("/admin/", follow_redirects=False).status_code == 303
+    with TestClient(create_app(db_settings), base_url="http://testserver") as restarted:
+        restarted.cookies.set(SESSION_COOKIE, cookie, path="/admin")
+        assert restarted.get("/admin/", follow_redirects=False).status_code == 303
+    login(client)  # a new login works as before
+    assert client.get("/admin/", follow_redirects=False).status_code == 200
+
+
 def test_cookie_is_secure_over_https(db_settings: Settings, seeded: Seeded) -> None:
     from bot.web.app import create_app
 
