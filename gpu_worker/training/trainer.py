@@ -112,7 +112,9 @@ class Trainer:
         # Accelerate keeps process-wide state that refuses another precision; a worker runs
         # one training at a time, and the next job may ask for a different one.
         AcceleratorState._reset_state()
-        self.acc = Accelerator(mixed_precision=self.precision)
+        # `cpu` tells accelerate that several processes without a GPU are one run (gloo), as
+        # `accelerate launch` gives several GPUs; one process is unaffected.
+        self.acc = Accelerator(mixed_precision=self.precision, cpu=device.type == "cpu")
         self.device = self.acc.device
         self.weight_dtype = dtype_for(self.precision)
         if self.device.type == "cuda":
