@@ -203,8 +203,9 @@ def main() -> int:
                 key = f"b{batch}_lora"
                 speedup = result[f"ours_{variant}"][key]["img_per_s"] / result["plain"][key]["img_per_s"]
                 result[f"speedup_{variant}_{key}"] = speedup
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print_table(result)
+            # After each variant: a later one (a compile) may run out of the device call's time.
+            Path(args.out).write_text(json.dumps(result, indent=1))
+            print_table(result)
     return 0
 
 

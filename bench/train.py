@@ -292,6 +292,8 @@ def main() -> None:
         results["items"][name] = r
         print(f"[bench] {name}: rc={r.get('rc')} wall={fmt(r.get('wall_s'), 1)}s "
               f"s/step={fmt(r.get('s_per_step'))} peak={r.get('peak_mib')}MiB", flush=True)  # fmt: skip
+        if args.out:  # after every item: a device call's time limit may cut the run short
+            Path(args.out).write_text(json.dumps(results, indent=2, default=str))
         return r
 
     # Class images: ours into storage (then copied to class_ours), the reference's own run.
