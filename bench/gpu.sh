@@ -10,7 +10,8 @@
 # train_dreambooth_lora.py v0.40.0) -> sampling (bench/sample.py: ours, eager and with a
 # compiled UNet, vs a plain StableDiffusionPipeline loading the LoRA per request) -> full
 # fine-tune if time is left. PART=train or PART=sample runs half (two device calls on one
-# warm machine: the model built by the first is reused).
+# warm machine: the model built by the first is reused) and adds a profile of our step
+# (bench/step_profile.py: top kernels, device-busy share) to say why the ratio is what it is.
 # Tables go to stdout and JSON to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,9 +50,9 @@ done
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 say "host: $(nvidia-smi -L 2>/dev/null | head -1 || echo CPU) | $($PY -c 'import torch,diffusers;print("torch",torch.__version__,"diffusers",diffusers.__version__)')"
 
-MODEL=/tmp/sd15; TRAIN_ARGS=(--steps ${S1:-30} ${S2:-130} --res 512); SAMPLE_ARGS=()
+MODEL=/tmp/sd15; TRAIN_ARGS=(--steps ${S1:-30} ${S2:-130} --res 512); SAMPLE_ARGS=(); PROFILE_ARGS=()
 if [ "$TINY" = 1 ]; then
-  MODEL=/tmp/sd15-tiny; TRAIN_ARGS=(--steps 4 12 --res 64 --n-class 6 --batch 2); SAMPLE_ARGS=(--res 64 --steps 4 --n1 2 --n4 1)
+  MODEL=/tmp/sd15-tiny; TRAIN_ARGS=(--steps 4 12 --res 64 --n-class 6 --batch 2); SAMPLE_ARGS=(--res 64 --steps 4 --n1 2 --n4 1); PROFILE_ARGS=(--res 64)
 fi
 build=(.gpu/make_model.py "$MODEL"); [ "$TINY" = 1 ] && build+=(--tiny)
 [ -f "$MODEL/bench_model_ok.json" ] || bounded 150 "$PY" "${build[@]}"
@@ -67,9 +68,12 @@ sample() {
 }
 # PART=train | sample | all: one device call may not hold all of it (~8 min each part).
 PART=${PART:-all}; SAMPLE_VARIANTS=${SAMPLE_VARIANTS:-eager,compiled}
+why() {  # WHAT: torch.profiler tables of our step (where the time goes), ~1 minute
+  bounded 100 "$PY" bench/step_profile.py --model "$MODEL" --what "$1" "${PROFILE_ARGS[@]}"
+}
 case "$PART" in
-  train) train 300 lora; train 240 full ;;
-  sample) sample 420 ;;
+  train) train 300 lora; why train; train 240 full ;;
+  sample) sample 420; why sample ;;
   *) train 280 lora; sample 200; train 200 full ;;
 esac
 say "done; JSON in $OUT"
