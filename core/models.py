@@ -300,6 +300,18 @@ class AdminAccount(Base):
     session_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
+class LoginFailure(Base):
+    """A failed dashboard login, per key (client address or name): the rate limit's memory,
+    shared by every bot process and kept across restarts."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(DateTime, server_default=db_now())
+
+
 class AuditLog(Base):
     __tablename__ = "audit_log"
 

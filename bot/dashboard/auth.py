@@ -9,16 +9,14 @@
 - CSRF: every form carries `csrf_token`; a POST whose token does not match the session's
   (or, for the login form, the signed pre-login cookie's) gets 403.
 - Rate limit: 5 failed logins per client address or per username within 5 minutes lock
-  further attempts out (429) until the window passes.
+  further attempts out (429) until the window passes; counted in the database, so every
+  bot process sees the same attempts and a restart forgets none.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Annotated
 from urllib.parse import quote
@@ -27,11 +25,11 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, HTTPException, Request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 
 from core.db import session_scope
 from core.dbclock import db_now
-from core.models import AdminAccount
+from core.models import AdminAccount, LoginFailure
 from core.settings import Settings
 
 SESSION_COOKIE = "dreambot_admin"
@@ -100,41 +98,37 @@ def end_sessions(settings: Settings, username: str) -> None:
 
 
 class LoginLimiter:
-    """Failed login attempts per key in a sliding window (in memory, per process)."""
+    """Failed logins per key in a sliding window, kept in the database (`login_failures`):
+    every bot process counts the same attempts, and a restart does not forget them."""
 
-    def __init__(self, max_failures: int = 5, window_seconds: float = 300.0) -> None:
+    def __init__(self, settings: Settings, max_failures: int = 5, window_seconds: float = 300.0) -> None:
+        self.settings = settings
         self.max_failures = max_failures
         self.window = window_seconds
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures.setdefault(key, deque())
-        while times and now - times[0] > self.window:
-            times.popleft()
-        return times
 
     def retry_after(self, *keys: str) -> int:
         """Seconds until another attempt is allowed for all `keys` (0: allowed now)."""
-        now = time.monotonic()
         wait = 0.0
-        with self._lock:
+        with session_scope(self.settings) as session:
+            now = session.scalar(select(db_now()))
             for key in keys:
-                times = self._recent(key, now)
-                if len(times) >= self.max_failures:
-                    wait = max(wait, self.window - (now - times[0]))
-        return int(wait) + 1 if wait else 0
+                oldest, count = session.execute(
+                    select(func.min(LoginFailure.at), func.count()).where(
+                        LoginFailure.key == key, LoginFailure.at >= db_now(-self.window)
+                    )
+                ).one()
+                if count >= self.max_failures and oldest is not None and now is not None:
+                    wait = max(wait, self.window - (now - oldest).total_seconds())
+        return int(wait) + 1 if wait > 0 else 0
 
     def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._recent(key, now).append(now)
+        with session_scope(self.settings) as session:
+            session.execute(delete(LoginFailure).where(LoginFailure.at < db_now(-self.window)))
+            session.add_all(LoginFailure(key=key[:200]) for key in keys)
 
     def succeeded(self, *keys: str) -> None:
-        with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)
+        with session_scope(self.settings) as session:
+            session.execute(delete(LoginFailure).where(LoginFailure.key.in_([k[:200] for k in keys])))
 
 
 # -- the dashboard's per-app state ------------------------------------------------------
@@ -143,7 +137,10 @@ class LoginLimiter:
 @dataclass
 class DashboardState:
     settings: Settings
-    limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    limiter: LoginLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = LoginLimiter(self.settings)
 
     def serializer(self, purpose: str) -> URLSafeTimedSerializer:
         return URLSafeTimedSerializer(self.settings.session_secret_value(), salt=f"dreambot-admin-{purpose}")

@@ -7,11 +7,12 @@ import re
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from bot.dashboard.auth import SESSION_COOKIE
 from core.db import session_scope
-from core.models import AuditLog, Job, Subject, User
+from core.dbclock import db_now
+from core.models import AuditLog, Job, LoginFailure, Subject, User
 from core.settings import Settings
 from core.storage import storage_from_settings
 from tests.dashboard.seed import ADMIN, PASSWORD, SECRET_TOKEN, Seeded, csrf_from, login
@@ -104,6 +105,27 @@ def test_logout_ends_the_session_in_every_process_and_after_a_restart(
         assert restarted.get("/admin/", follow_redirects=False).status_code == 303
     login(client)  # a new login works as before
     assert client.get("/admin/", follow_redirects=False).status_code == 200
+
+
+def test_the_login_limit_holds_across_processes_and_restarts(db_settings: Settings, seeded: Seeded) -> None:
+    """Failed attempts are counted in the database: spreading them over two bot processes,
+    or restarting the bot, does not buy an attacker more guesses."""
+    from bot.web.app import create_app
+
+    def attempt(app: object, password: str) -> int:
+        with TestClient(app, base_url="http://testserver") as c:  # type: ignore[arg-type]
+            page = c.get("/admin/login")
+            data = {"username": ADMIN, "password": password, "csrf_token": csrf_from(page.text)}
+            return c.post("/admin/login", data=data, follow_redirects=False).status_code
+
+    first, second = create_app(db_settings), create_app(db_settings)
+    assert [attempt(first if n % 2 else second, "nope") for n in range(5)] == [401] * 5
+    assert attempt(create_app(db_settings), PASSWORD) == 429  # a third process, or after a restart
+    with session_scope(db_settings) as session:  # the window has passed
+        session.execute(update(LoginFailure).values(at=db_now(-301)))
+    assert attempt(second, PASSWORD) == 303
+    with session_scope(db_settings) as session:
+        assert session.scalar(select(func.count()).select_from(LoginFailure)) == 0  # cleared on success
 
 
 def test_cookie_is_secure_over_https(db_settings: Settings, seeded: Seeded) -> None:
