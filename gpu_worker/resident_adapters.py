@@ -30,6 +30,10 @@ from gpu_worker.lora_cache import AdapterRef
 
 log = logging.getLogger(__name__)
 LOADABLE = ("unet", "text_encoder")
+MISMATCH = (
+    "This trained model does not fit the current base model (it was probably trained on another "
+    "one); please train it again."
+)
 
 
 class UnsupportedAdapter(UserFacingError):
@@ -146,10 +150,14 @@ class ResidentAdapters:
             # low_cpu_mem_usage skips initialising weights that are overwritten at once.
             pipe.load_lora_weights(state, adapter_name=ref.name, low_cpu_mem_usage=True)  # type: ignore[attr-defined]
             deltas = extract_deltas(pipe, ref.name)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            # The file matched its checksum, so it is whole: it was made for another model.
+            log.warning("adapter %s does not load: %s", ref.name, exc)
+            raise UnsupportedAdapter(MISMATCH) from None
         finally:
             pipe.unload_lora_weights()  # type: ignore[attr-defined]  # the module tree as it was
         if not deltas:
-            raise UnsupportedAdapter("This adapter file holds no LoRA layers for this base model.")
+            raise UnsupportedAdapter(MISMATCH)
         self._loaded[ref.name] = deltas
         self.loads += 1
         log.info("adapter %s loaded (%d layers, %d resident)", ref.name, len(deltas), len(self._loaded))

@@ -210,3 +210,25 @@ def test_a_compiled_unet_swaps_people_without_recompiling(
     assert counters["stats"]["unique_graphs"] == graphs  # three people, evictions: no recompile
     assert not np.array_equal(pictures[0], pictures[1])
     assert np.array_equal(pictures[0], pictures[3])
+
+
+def test_an_adapter_for_another_model_fails_its_job_clearly_and_harms_nothing(
+    settings: Settings, loras: list[bytes]
+) -> None:
+    """A whole file (its checksum matches) that was trained for another base model."""
+    import torch
+    from safetensors.torch import save
+
+    from gpu_worker.resident_adapters import MISMATCH
+
+    layer = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    foreign = save(
+        {f"{layer}.lora_A.weight": torch.zeros(4, 999), f"{layer}.lora_B.weight": torch.zeros(64, 4)}
+    )
+    owner = make_user(settings)
+    odd = make_subject(settings, owner, foreign, name="odd", token="sks")
+    rex = make_subject(settings, owner, loras[0], name="rex", token="zwx")
+    before = picture(settings, run_sample(settings, PARAMS, owner, (rex,)))
+    job = run_sample(settings, PARAMS, owner, (odd,))
+    assert job.status == "failed" and job.error == MISMATCH
+    assert np.array_equal(picture(settings, run_sample(settings, PARAMS, owner, (rex,))), before)
