@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from core.fs_transport import TRANSPORT
 from core.settings import Settings
 
 TRAIN, SAMPLE = "train", "sample"
@@ -75,6 +76,8 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=not is_filesystem,
         worker_hijack_root_logger=False,
     )
+    if is_filesystem:  # kombu's own writes messages in place, which a reader can catch half-done
+        app.conf.broker_transport = TRANSPORT
     return app
 
 
