@@ -111,6 +111,7 @@ def _generate(
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     from gpu_worker.model_cache import is_storage_model, resolve_base_model
+    from gpu_worker.pipelines import tune_for_gpu
 
     path = base_model
     if is_storage_model(base_model):  # resolved again here: it refreshes the copy's last use
@@ -125,10 +126,8 @@ def _generate(
     pipe.set_progress_bar_config(disable=True)
     device = torch.device("cuda" if cuda else "cpu")
     pipe.to(device, dtype)
-    if cuda:  # as for sampling: NHWC convolutions, cuDNN timing its choice for the one shape
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
+    if cuda:
+        tune_for_gpu(pipe)  # as for sampling
     try:
         done, started = 0, time.monotonic()
         for start in range(0, len(indices), batch_size):
