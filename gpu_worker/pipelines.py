@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from PIL import Image as PILImage
 from core.sample_request import SampleRequest
 from core.settings import Settings
 from core.storage import storage_from_settings
+from gpu_worker.fast_path import FastPath, install, warm_shapes
 from gpu_worker.lora_cache import AdapterRef, LoraDiskCache
 from gpu_worker.model_cache import resolve_base_model
 from gpu_worker.resident_adapters import ResidentAdapters
@@ -43,16 +45,6 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
     if torch.cuda.is_available():
         return torch.device("cuda"), torch.float16
     return torch.device("cpu"), torch.float32
-
-
-def compile_wanted(settings: Settings, device: torch.device) -> bool:
-    """`DREAMBOT_SAMPLE_COMPILE`: auto compiles on a GPU only; a CPU stays eager unless asked."""
-    mode = settings.sample_compile
-    if mode in ("on", True):
-        return True
-    if mode in ("off", False):
-        return False
-    return device.type == "cuda"
 
 
 def tune_for_gpu(pipe: Any) -> None:
@@ -88,6 +80,8 @@ class Resident:
     adapters: ResidentAdapters
     safety_checker: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    fast: FastPath | None = None  # compiled/captured UNet and VAE decoder (gpu_worker.fast_path)
+    prompts: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = field(default_factory=OrderedDict)
     _img2img: StableDiffusionImg2ImgPipeline | None = None
 
     @property
@@ -112,6 +106,20 @@ class Resident:
         self.adapters.capacity = settings.resident_adapters
         self.adapters.activate(refs)
 
+    def encode(self, prompt: str, negative: str) -> tuple[Any, Any]:
+        """Text-encoder outputs (prompt, negative) for one image, kept for repeated prompts.
+        Keyed by the active adapters too: an adapter may change the text encoder."""
+        key = (prompt, negative, self.adapters.active_key)
+        found = self.prompts.get(key)
+        if found is None:
+            found = self.pipe.encode_prompt(prompt, self.device, 1, True, negative or None)
+            self.prompts[key] = found
+            if len(self.prompts) > PROMPT_CACHE:
+                self.prompts.popitem(last=False)
+        else:
+            self.prompts.move_to_end(key)
+        return found
+
 
 def disk_cache(settings: Settings) -> LoraDiskCache:
     """The LoRA disk cache of these settings (cheap; the folder is the state)."""
@@ -119,10 +127,8 @@ def disk_cache(settings: Settings) -> LoraDiskCache:
     return LoraDiskCache(root, storage_from_settings(settings), settings.lora_cache_bytes)
 
 
-SLICE_ABOVE_PIXELS = 4 * 512 * 512  # a batch's pixels beyond which the VAE decodes image by image
-# One graph per image size and batch (dynamic=False: static shapes compile to the fastest
-# kernels, and a worker sees few sizes). Tests swap the backend for a fast one.
-COMPILE_OPTIONS: dict[str, Any] = {"dynamic": False}
+SLICE_ABOVE_PIXELS = 4 * 512 * 512  # eager: a batch's pixels beyond which the VAE decodes image by image
+PROMPT_CACHE = 64  # text-encoder outputs kept for repeated prompts
 _residents: dict[str, Resident] = {}
 _load_lock = threading.Lock()
 
@@ -170,23 +176,74 @@ def _load(settings: Settings) -> Resident:
     if device.type == "cuda":
         tune_for_gpu(pipe)
     pipe.vae.enable_tiling()  # big images decode in tiles: no OOM spike at 2x upscales
-    if compile_wanted(settings, device):
-        # In place (the module stays a UNet for diffusers). Adapters only change weight
-        # values, never the module tree, so people swap without a recompile.
-        pipe.unet.compile(**COMPILE_OPTIONS)
+    lock = threading.Lock()
+    adapters = ResidentAdapters(pipe, settings.resident_adapters)
+    # Adapters only change weight values in place, never the module tree (while a graph
+    # is built, `tree_lock` keeps a file being read the slow way from changing it).
+    fast = install(pipe, settings, device, dtype, lock, adapters.tree_lock)
     return Resident(
         base_model=settings.base_model,
         pipe=pipe,
         device=device,
         dtype=dtype,
-        adapters=ResidentAdapters(pipe, settings.resident_adapters),
+        adapters=adapters,
         safety_checker=pipe.safety_checker,
+        lock=lock,
+        fast=fast,
     )
 
 
 def warm(resident: Resident, settings: Settings, report: Callable[[str], None]) -> dict[str, Any]:
-    """Warm the resident pipeline before the first job; returns what was warmed."""
-    return {"model": settings.base_model, "device": str(resident.device), "warmed": ["base model"]}
+    """Build the shapes of `DREAMBOT_SAMPLE_WARM` now (before the first claim) and those of
+    `DREAMBOT_SAMPLE_WARM_LATER` in the background. Returns what was warmed."""
+    info: dict[str, Any] = {"model": settings.base_model, "device": str(resident.device)}
+    fast = resident.fast
+    if fast is None:
+        return info | {"compile": "off", "warmed": ["base model"]}
+    batches, upscale = warm_shapes(settings.sample_warm)
+    with resident.lock, fast.foreground():
+        for n in batches:
+            report(f"compiling batch {n} at {resident.native_size} px")
+            _warm_draw(resident, settings, n, upscale=False)
+        if upscale:
+            report(f"compiling the 2x upscale of {resident.native_size} px")
+            _warm_draw(resident, settings, 1, upscale=True)
+    fast.save()
+    later, later_upscale = warm_shapes(settings.sample_warm_later)
+    later = [n for n in later if n not in batches]
+    later_upscale = later_upscale and not upscale
+    if later or later_upscale:  # eager draws that queue background builds: cheap, then ready
+        threading.Thread(
+            target=_warm_later, args=(resident, settings, later, later_upscale), daemon=True
+        ).start()
+    return info | {
+        "compile": "on",
+        "cuda_graphs": fast.unet.cuda_graphs,
+        "warmed": [f"batch {n}" for n in batches] + (["upscale"] if upscale else []),
+        "shapes": fast.shapes(),
+    }
+
+
+def _warm_draw(resident: Resident, settings: Settings, n: int, upscale: bool) -> None:
+    """A two-step picture of `n` images at the native size (or one 2x upscale)."""
+    req = SampleRequest(prompt="warm-up", n=n, steps=2, upscale_of=1 if upscale else None)
+    source = None
+    if upscale:
+        side = resident.native_size
+        source = Source(PILImage.new("RGB", (side, side), (127, 127, 127)), "warm-up")
+    generate(resident, settings, req, req.prompt, req.seeds(0), source)
+
+
+def _warm_later(resident: Resident, settings: Settings, batches: list[int], upscale: bool) -> None:
+    try:
+        for n in batches:
+            with resident.lock:
+                _warm_draw(resident, settings, n, upscale=False)
+        if upscale:
+            with resident.lock:
+                _warm_draw(resident, settings, 1, upscale=True)
+    except Exception:
+        log.exception("background warm-up failed; those shapes build on first use")
 
 
 @dataclass(frozen=True)
@@ -212,9 +269,10 @@ def generate(
     """Make `req.n` images in one batch. Returns the images, which the safety checker
     flagged, and how many denoising steps ran. Call with `resident.lock` held."""
     steps = req.steps
+    prompt_embeds, negative_embeds = resident.encode(prompt, req.negative_prompt)
     common: dict[str, Any] = dict(
-        prompt=prompt,
-        negative_prompt=req.negative_prompt or None,
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_embeds,
         num_images_per_prompt=req.n,
         guidance_scale=req.guidance_scale,
         # One CPU generator per image: image i depends on seeds[i] only, on any device.
@@ -234,10 +292,11 @@ def generate(
         strength = req.effective_strength
         steps = max(steps, math.ceil(1 / strength))  # img2img runs int(steps * strength) steps: at least one
         common.update(image=source.image.resize(size, PILImage.Resampling.LANCZOS), strength=strength)
-    # Up to four native-size images decode as one batch (faster); more, one at a time.
-    if req.n * size[0] * size[1] > SLICE_ABOVE_PIXELS:
+    # Eager: up to four native-size images decode as one batch (faster); more, one at a time.
+    # The fast path always decodes image by image (one graph per image size).
+    if resident.fast is None and req.n * size[0] * size[1] > SLICE_ABOVE_PIXELS:
         pipe.vae.enable_slicing()
-    else:
+    elif resident.fast is None:
         pipe.vae.disable_slicing()
 
     def on_step_end(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ factors are tiny (rank x (in + out) per layer), only the merged layers' W0 is ke
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,11 +97,19 @@ class ResidentAdapters:
         self._originals: dict[torch.nn.Module, torch.Tensor] = {}  # W0 of every merged layer
         self._active: tuple[tuple[str, float], ...] = ()
         self.loads = 0  # how many times a file was read (tests and metrics)
+        # Held while reading a file through peft changes the module tree for a moment, so a
+        # graph being built in the background (gpu_worker.graphs) never sees it half-changed.
+        self.tree_lock = threading.Lock()
 
     @property
     def resident(self) -> list[str]:
         """Adapter names, least recently used first."""
         return list(self._loaded)
+
+    @property
+    def active_key(self) -> tuple[tuple[str, float], ...]:
+        """The active adapters and their weights: what the weights are now."""
+        return self._active
 
     @property
     def active(self) -> list[str]:
@@ -144,23 +153,29 @@ class ResidentAdapters:
     def _load(self, ref: AdapterRef) -> None:
         from safetensors.torch import load_file
 
-        pipe = self.pipe
         state = load_file(str(ref.path))
-        try:
-            # low_cpu_mem_usage skips initialising weights that are overwritten at once.
-            pipe.load_lora_weights(state, adapter_name=ref.name, low_cpu_mem_usage=True)  # type: ignore[attr-defined]
-            deltas = extract_deltas(pipe, ref.name)
-        except (ValueError, RuntimeError, KeyError) as exc:
-            # The file matched its checksum, so it is whole: it was made for another model.
-            log.warning("adapter %s does not load: %s", ref.name, exc)
-            raise UnsupportedAdapter(MISMATCH) from None
-        finally:
-            pipe.unload_lora_weights()  # type: ignore[attr-defined]  # the module tree as it was
+        with self.tree_lock:
+            deltas = self._read_with_peft(state, ref.name)
         if not deltas:
             raise UnsupportedAdapter(MISMATCH)
         self._loaded[ref.name] = deltas
         self.loads += 1
         log.info("adapter %s loaded (%d layers, %d resident)", ref.name, len(deltas), len(self._loaded))
+
+    def _read_with_peft(self, state: dict[str, torch.Tensor], name: str) -> list[LayerDelta]:
+        """Any format diffusers reads: loaded as peft layers, factors taken, layers removed."""
+        pipe = self.pipe
+        try:
+            # low_cpu_mem_usage skips initialising weights that are overwritten at once.
+            pipe.load_lora_weights(state, adapter_name=name, low_cpu_mem_usage=True)  # type: ignore[attr-defined]
+            deltas = extract_deltas(pipe, name)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            # The file matched its checksum, so it is whole: it was made for another model.
+            log.warning("adapter %s does not load: %s", name, exc)
+            raise UnsupportedAdapter(MISMATCH) from None
+        finally:
+            pipe.unload_lora_weights()  # type: ignore[attr-defined]  # the module tree as it was
+        return deltas
 
     def _make_room(self, keep: set[str]) -> None:
         while len(self._loaded) >= self.capacity:
