@@ -6,11 +6,11 @@ not run as extra layers. Switching people copies the saved W0 back and adds the 
 deltas: a few hundred small kernels, milliseconds, and the base model comes back bit
 for bit (copied, never subtracted: subtracting in half precision drifts with every swap).
 
-The model's module tree never changes after an adapter is read: a file is loaded with
-diffusers' `load_lora_weights` (so every format it reads works: ours, kohya/A1111, peft),
-its low-rank factors are taken out, and the peft layers are removed again at once. That
-is what makes a compiled UNet (`DREAMBOT_SAMPLE_COMPILE`) keep its one graph: only
-weight values change between people, never the code path, so nothing recompiles.
+Weights change in place and only by value, never the module tree, which is what keeps a
+compiled UNet's graphs and captured CUDA graphs (`gpu_worker.graphs`) valid for everyone.
+Trained files are read straight into factors (`gpu_worker.lora_reader`); any other format
+diffusers reads (text-encoder layers, DoRA, …) is loaded with `load_lora_weights`, its
+factors taken out and the peft layers removed again at once, under `tree_lock`.
 
 Up to `capacity` adapters stay resident (least recently used evicted first); their
 factors are tiny (rank x (in + out) per layer), only the merged layers' W0 is kept.
@@ -23,6 +23,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -151,23 +152,30 @@ class ResidentAdapters:
             weight.copy_((original.float() + delta.to(original.device)).to(weight.dtype))  # type: ignore[operator]
 
     def _load(self, ref: AdapterRef) -> None:
-        from safetensors.torch import load_file
+        from gpu_worker.lora_reader import read_unet_deltas
 
-        state = load_file(str(ref.path))
-        with self.tree_lock:
-            deltas = self._read_with_peft(state, ref.name)
+        try:  # trained files: straight from the file, the model untouched
+            deltas = read_unet_deltas(self.pipe, ref.path, ref.name)
+        except UnsupportedAdapter:
+            raise
+        except Exception as exc:  # anything unexpected: the general way decides
+            log.info("adapter %s: direct read failed (%s); reading it through peft", ref.name, exc)
+            deltas = None
+        if deltas is None:
+            with self.tree_lock:
+                deltas = self._read_with_peft(ref.path, ref.name)
         if not deltas:
             raise UnsupportedAdapter(MISMATCH)
         self._loaded[ref.name] = deltas
         self.loads += 1
         log.info("adapter %s loaded (%d layers, %d resident)", ref.name, len(deltas), len(self._loaded))
 
-    def _read_with_peft(self, state: dict[str, torch.Tensor], name: str) -> list[LayerDelta]:
+    def _read_with_peft(self, path: Path, name: str) -> list[LayerDelta]:
         """Any format diffusers reads: loaded as peft layers, factors taken, layers removed."""
         pipe = self.pipe
         try:
             # low_cpu_mem_usage skips initialising weights that are overwritten at once.
-            pipe.load_lora_weights(state, adapter_name=name, low_cpu_mem_usage=True)  # type: ignore[attr-defined]
+            pipe.load_lora_weights(str(path), adapter_name=name, low_cpu_mem_usage=True)  # type: ignore[attr-defined]
             deltas = extract_deltas(pipe, name)
         except (ValueError, RuntimeError, KeyError) as exc:
             # The file matched its checksum, so it is whole: it was made for another model.

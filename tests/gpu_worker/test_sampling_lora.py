@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,3 +212,63 @@ def test_an_adapter_for_another_model_fails_its_job_clearly_and_harms_nothing(
     job = run_sample(settings, PARAMS, owner, (odd,))
     assert job.status == "failed" and job.error == MISMATCH
     assert np.array_equal(picture(settings, run_sample(settings, PARAMS, owner, (rex,))), before)
+
+
+def _layouts(model_dir: Path, folder: Path) -> dict[str, Path]:
+    """One adapter in the layouts people bring: ours (diffusers), ours with LoRA metadata
+    (alpha 8 at rank 4: scale 2), peft's keys, and kohya/A1111 with per-layer alphas."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from safetensors.torch import load, save_file
+
+    ours = load(make_lora_bytes(model_dir, seed=4, scale=0.3))
+    peft_keys = {
+        k.replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v for k, v in ours.items()
+    }
+    paths = {name: folder / f"{name}.safetensors" for name in ("diffusers", "metadata", "peft", "kohya")}
+    save_file(ours, str(paths["diffusers"]))
+    save_file(peft_keys, str(paths["peft"]))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    layers = {k.removeprefix("unet."): v for k, v in peft_keys.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        StableDiffusionPipeline.save_lora_weights(
+            tmp, unet_lora_layers=layers, unet_lora_adapter_metadata=config.to_dict(), safe_serialization=True
+        )
+        paths["metadata"].write_bytes((Path(tmp) / "pytorch_lora_weights.safetensors").read_bytes())
+    kohya = convert_state_dict_to_kohya(peft_keys)
+    kohya = {k: torch.tensor(2.0) if k.endswith(".alpha") else v.contiguous() for k, v in kohya.items()}
+    save_file(kohya, str(paths["kohya"]))
+    return paths
+
+
+def test_trained_files_are_read_directly_with_the_deltas_peft_gives(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The direct reader leaves the model untouched and gives, layer by layer, the deltas
+    diffusers' load_lora_weights + peft give, in each layout (scales included)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from gpu_worker.lora_reader import read_unet_deltas
+    from gpu_worker.resident_adapters import ResidentAdapters
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        tiny_model_dir, safety_checker=None, requires_safety_checker=False
+    )
+    modules_before = [id(m) for m in pipe.unet.modules()]
+    scales = {}
+    for layout, path in _layouts(tiny_model_dir, tmp_path).items():
+        direct = read_unet_deltas(pipe, path, layout)
+        assert direct is not None, layout
+        assert [id(m) for m in pipe.unet.modules()] == modules_before  # the model untouched
+        general = ResidentAdapters(pipe, capacity=1)._read_with_peft(path, layout)
+        theirs = {id(d.module): d.delta() for d in general}
+        assert len(direct) == len(theirs) == 32, layout
+        for d in direct:
+            assert torch.allclose(d.delta(), theirs[id(d.module)], atol=1e-6), layout
+        scales[layout] = float(direct[0].delta().norm())
+    assert scales["metadata"] == pytest.approx(2 * scales["diffusers"])  # alpha 8 / rank 4
+    assert scales["kohya"] == pytest.approx(0.5 * scales["diffusers"])  # alpha 2 / rank 4
+    assert scales["peft"] == pytest.approx(scales["diffusers"])
