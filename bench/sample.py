@@ -1,17 +1,24 @@
-"""Sampling benchmark: our resident sampler against a plain diffusers pipeline, one run.
+"""Sampling benchmark: our worker's default path against a plain diffusers pipeline, one run.
 
-    python bench/sample.py --tiny                       # CPU smoke check (tiny model, 64 px)
-    python make_model.py /tmp/sd15 && \\
+    python bench/sample.py --tiny                       # CPU dry run (tiny model, 64 px)
+    python .gpu/make_model.py /tmp/sd15 && \\
     python bench/sample.py --model /tmp/sd15            # GPU: SD-1.5 architecture, random weights
 
 Both sides draw at the same settings (DPM++ 2M Karras, CFG 7.5, the same seeds, PIL out)
-with a person's LoRA active. The plain side does what a naive bot does per request:
-`load_lora_weights`, generate, `unload_lora_weights`. Our side keeps the pipeline and
-adapters resident (`gpu_worker.pipelines.generate`, what a sampling job calls). Reported:
-images/s at batch 1 and 4 for both (ours per variant: eager, and with a compiled UNet),
-ours also while alternating two people's adapters,
-the adapter switch time (both resident) and a cold adapter load. Speed does not depend
-on the weights, so random weights are a faithful stand-in. Prints a table and writes JSON.
+with a person's LoRA active. Items, each a process of its own under its own timeout (see
+`bench/sample_items.py`), in this order:
+
+  plain  StableDiffusionPipeline, load_lora_weights + generate + unload per request
+  cold   ours with the default settings and an empty compile store: a worker's start
+         (load, warm-up before the first claim) to its first picture; vary/upscale first calls
+  warm   a restart with the store `cold` filled (and an empty local torch cache, as on a new
+         host): first picture, first calls, then batch 1/4, two people alternating, adapter
+         switch, cold adapter load, and the UNet's FLOPs for the floor
+  eager  ours with compile off: the eager baseline of the first calls and the steady state
+
+The JSON (`--out`) is rewritten after every item, and each item rewrites its own after every
+measurement, so an item cut off by its timeout or a failing variant loses nothing else.
+Speed does not depend on the weights, so random weights are a faithful stand-in.
 """
 
 from __future__ import annotations
@@ -19,219 +26,165 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-
-PROMPT = "a photo of zwx dog on the moon"
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+# (item, timeout on an H200 in seconds): compiles included; the whole part fits ~230 s.
+ITEMS = (("plain", 60), ("cold", 130), ("warm", 75), ("eager", 45))
+PEAK_TFLOPS = 790.0  # what an H200 sustains on fp16 matmuls: the floor of issue 14
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
-
-
-def median_of(fn: Callable[[], Any], runs: int) -> tuple[float, list[float]]:
-    times = [timed(fn) for _ in range(runs)]
-    return statistics.median(times), [round(t, 4) for t in times]
-
-
-def bench_plain(model: str, lora_dir: Path, res: int, steps: int, runs: dict[int, int]) -> dict[str, Any]:
-    """A plain StableDiffusionPipeline that loads and unloads the LoRA for every request."""
-    from diffusers import StableDiffusionPipeline
-
-    from gpu_worker.pipelines import make_scheduler, pick_device
-
-    device, dtype = pick_device()
-    out: dict[str, Any] = {}
-    start = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=dtype, safety_checker=None)
-    pipe.scheduler = make_scheduler("dpmpp_2m_karras", pipe.scheduler.config)
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    out["load_s"] = round(time.perf_counter() - start, 3)
-
-    def request(batch: int, lora: bool = True) -> None:
-        if lora:
-            pipe.load_lora_weights(str(lora_dir), weight_name="pytorch_lora_weights.safetensors")
-        gens = [torch.Generator("cpu").manual_seed(i) for i in range(batch)]
-        pipe(PROMPT, num_images_per_prompt=batch, height=res, width=res, num_inference_steps=steps,
-             guidance_scale=7.5, generator=gens)  # fmt: skip
-        if lora:
-            pipe.unload_lora_weights()
-
-    out["warmup_s"] = round(timed(lambda: request(1)), 3)
-    for batch, n in runs.items():
-        med, times = median_of(lambda b=batch: request(b), n)
-        out[f"b{batch}_lora"] = {"median_s": med, "img_per_s": batch / med, "runs_s": times}
-    med, times = median_of(lambda: request(1, lora=False), runs[1])
-    out["b1_no_lora"] = {"median_s": med, "img_per_s": 1 / med, "runs_s": times}
-    return out  # the pipeline goes with this frame
-
-
-def bench_ours(
-    model: str, data_dir: Path, loras: list[bytes], res: int, steps: int, runs: dict[int, int], **flags: Any
-) -> dict[str, Any]:
-    """Our resident pipeline: adapters cached on disk and in the pipeline, batched CFG."""
-    from core.sample_request import SampleRequest
-    from core.settings import load_settings
-    from core.storage import storage_from_settings
-    from gpu_worker.lora_cache import AdapterRef, adapter_name
-    from gpu_worker.pipelines import disk_cache, generate, get_resident
-    from gpu_worker.preview import latent_preview
-
-    settings = load_settings(_env_file=None, base_model=model, data_dir=data_dir, nsfw_filter=False, **flags)
-    storage = storage_from_settings(settings)
-    refs = []
-    for i, lora in enumerate(loras):
-        sha = storage.put(f"subjects/{i}/lora.safetensors", lora)
-        refs.append(
-            AdapterRef(adapter_name(i, sha), disk_cache(settings).get(f"subjects/{i}/lora.safetensors", sha))
-        )
-    out: dict[str, Any] = {"flags": flags}
-    start = time.perf_counter()
-    resident = get_resident(settings)
-    sync()
-    out["load_s"] = round(time.perf_counter() - start, 3)
-    last = [-1e9]
-
-    def report(step: int, total: int, latents: Any) -> None:  # what a job does: a preview a second
-        if time.perf_counter() - last[0] >= 1.0:  # gpu_worker.sampling.PROGRESS_INTERVAL
-            last[0] = time.perf_counter()
-            latent_preview(latents[0].detach().float().cpu().numpy())
-
-    def request(batch: int, ref: AdapterRef) -> None:
-        req = SampleRequest(prompt=PROMPT, n=batch, steps=steps, width=res, height=res, seed=0)
-        with resident.lock:
-            resident.use_adapters([ref], settings)
-            generate(resident, settings, req, PROMPT, req.seeds(0), None, report)
-
-    out["cold_adapter_load_s"] = round(timed(lambda: resident.use_adapters([refs[0]], settings)), 4)
-    out["warmup_s"] = round(timed(lambda: request(1, refs[0])), 3)
-    timed(lambda: resident.use_adapters([refs[1]], settings))  # both resident from here on
-    for batch, n in runs.items():
-        request(batch, refs[0])  # warm this batch size
-        med, times = median_of(lambda b=batch: request(b, refs[0]), n)
-        out[f"b{batch}_lora"] = {"median_s": med, "img_per_s": batch / med, "runs_s": times}
-    flip = iter(range(10**6))
-    med, times = median_of(lambda: request(1, refs[next(flip) % 2]), runs[1])
-    out["b1_alternating_two_people"] = {"median_s": med, "img_per_s": 1 / med, "runs_s": times}
-    switches = []
-    for i in range(6):
-        switches.append(timed(lambda i=i: resident.use_adapters([refs[i % 2]], settings)))
-    out["adapter_switch_s"] = {
-        "median_s": statistics.median(switches),
-        "runs_s": [round(t, 4) for t in switches],
-    }
-    return out
+def run_item(args: argparse.Namespace, item: str, cap: float, work: Path) -> dict[str, Any]:
+    out = work / f"{item}.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "sample_items.py"), item, "--model", args.model,
+           "--work", str(work), "--out", str(out), "--res", str(args.res), "--steps", str(args.steps),
+           "--n1", str(args.n1), "--n4", str(args.n4), "--build-wait", str(max(10.0, cap / 2))]  # fmt: skip
+    if args.backend:
+        cmd += ["--backend", args.backend]
+    if args.compile:
+        cmd += ["--compile", args.compile]
+    env = dict(os.environ, BENCH_T0=str(time.time()))
+    # Each process its own torch cache: what `warm` finds compiled came through the store.
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(work / f"inductor-{item}")
+    env["TRITON_CACHE_DIR"] = str(work / f"triton-{item}")
+    start = time.monotonic()
+    try:
+        rc = subprocess.run(cmd, env=env, timeout=cap).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    return result | {"rc": rc, "wall_s": round(time.monotonic() - start, 1)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a StableDiffusionPipeline folder (e.g. built by make_model.py)")
-    ap.add_argument("--tiny", action="store_true", help="CPU smoke check: build the tiny test model")
+    ap.add_argument("--tiny", action="store_true", help="CPU dry run: build the tiny test model")
     ap.add_argument("--res", type=int, default=None, help="image side (default 512, 64 with --tiny)")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default 30, 4 with --tiny)")
     ap.add_argument("--n1", type=int, default=5, help="timed runs at batch 1")
     ap.add_argument("--n4", type=int, default=3, help="timed runs at batch 4")
-    ap.add_argument(
-        "--variants",
-        default="eager",
-        help="ours as: eager, compiled (torch.compile'd UNet; the first call per shape compiles)",
-    )
+    ap.add_argument("--items", default=",".join(i for i, _ in ITEMS), help="which items, in order")
+    ap.add_argument("--budget", type=float, default=240, help="seconds for all items (each also has a cap)")
+    ap.add_argument("--cap-scale", type=float, default=1.0, help="multiply every item's timeout (slow hosts)")
+    ap.add_argument("--compile", default="", help="DREAMBOT_SAMPLE_COMPILE for ours (default: auto)")
+    ap.add_argument("--backend", default="", help="torch.compile backend for ours (default inductor)")
+    ap.add_argument("--work", default="", help="keep the items' files here (default: a temporary folder)")
     ap.add_argument("--out", default="bench_sample.json")
     args = ap.parse_args()
     if not args.model and not args.tiny:
         ap.error("give --model DIR or --tiny")
-    res = args.res or (64 if args.tiny else 512)
-    steps = args.steps or (4 if args.tiny else 30)
-    runs = {1: args.n1, 4: args.n4}
-
-    from tests.helpers.lora import make_lora_bytes
-
+    args.res = args.res or (64 if args.tiny else 512)
+    args.steps = args.steps or (4 if args.tiny else 30)
     with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        model = args.model
-        if model is None:
+        work = Path(args.work or tmp_name)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.model is None:
             from tests.helpers.tiny_model import build_tiny_pipeline
 
-            model = str(build_tiny_pipeline(tmp / "tiny-sd"))
-        loras = [make_lora_bytes(Path(model), seed=s, scale=0.01) for s in (1, 2)]
-        lora_dir = tmp / "lora"
-        lora_dir.mkdir()
-        (lora_dir / "pytorch_lora_weights.safetensors").write_bytes(loras[0])
-        result: dict[str, Any] = {
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "torch": torch.__version__,
-            "model": model if args.model else "tiny",
-            "res": res,
-            "steps": steps,
-            "guidance": 7.5,
-            "scheduler": "dpmpp_2m_karras",
-        }
-        result["plain"] = bench_plain(model, lora_dir, res, steps, runs)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the plain pipeline's memory back before ours loads
-        for variant in args.variants.split(","):
-            from gpu_worker.pipelines import drop_residents
-
-            drop_residents()  # each variant loads its own resident pipeline
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            flags = {"sample_compile": variant == "compiled"}
-            result[f"ours_{variant}"] = bench_ours(model, tmp / variant, loras, res, steps, runs, **flags)
-            for batch in runs:
-                key = f"b{batch}_lora"
-                speedup = result[f"ours_{variant}"][key]["img_per_s"] / result["plain"][key]["img_per_s"]
-                result[f"speedup_{variant}_{key}"] = speedup
-            # After each variant: a later one (a compile) may run out of the device call's time.
-            Path(args.out).write_text(json.dumps(result, indent=1))
-            print_table(result)
+            args.model = str(build_tiny_pipeline(work / "tiny-sd"))
+        result: dict[str, Any] = {"model": args.model if not args.tiny else "tiny", "res": args.res,
+                                  "steps": args.steps, "guidance": 7.5, "scheduler": "dpmpp_2m_karras"}  # fmt: skip
+        started = time.monotonic()
+        caps = dict(ITEMS)
+        for item in args.items.split(","):
+            left = args.budget - (time.monotonic() - started)
+            cap = min(caps[item] * args.cap_scale, left)
+            if cap < 15:
+                result[item] = {"skipped": f"{left:.0f}s of the budget left"}
+            else:
+                print(f"[bench] {item} (timeout {cap:.0f}s) …", flush=True)
+                result[item] = run_item(args, item, cap, work)
+                print(f"[bench] {item}: rc={result[item]['rc']} wall={result[item]['wall_s']}s", flush=True)
+            result["summary"] = summarize(result, args)
+            Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+        print_table(result)
     return 0
 
 
-def print_table(r: dict[str, Any]) -> None:
-    print(
-        f"SAMPLING {r['device']} | torch {r['torch']} | {r['res']}px {r['steps']} steps DPM++ 2M Karras CFG 7.5"
-    )
-    variants = [k.removeprefix("ours_") for k in r if k.startswith("ours_")]
-    print(
-        f"{'':26}{'plain s':>9}{'plain img/s':>12}"
-        + "".join(f"{v + ' s':>14}{'speedup':>9}" for v in variants)
-    )
+def _get(result: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(result, dict) or key not in result:
+            return None
+        result = result[key]
+    return result
+
+
+def summarize(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The issue's figures and goals, from whatever items finished."""
+    s: dict[str, Any] = {}
     for batch in (1, 4):
-        key = f"b{batch}_lora"
-        p = r["plain"][key]
-        row = f"{'batch ' + str(batch) + ', LoRA active':26}{p['median_s']:9.3f}{p['img_per_s']:12.3f}"
-        for v in variants:
-            row += f"{r['ours_' + v][key]['median_s']:14.3f}{r[f'speedup_{v}_{key}']:9.2f}"
+        plain = _get(r, "plain", f"b{batch}_lora", "median_s")
+        for side in ("warm", "eager"):
+            ours = _get(r, side, f"b{batch}_lora", "median_s")
+            if ours:
+                s[f"{side}_b{batch}_ms_per_image"] = round(1000 * ours / batch, 1)
+                if plain:
+                    s[f"{side}_b{batch}_speedup"] = round(plain / ours, 2)
+    tflop = _get(r, "warm", "unet_tflop_per_image_step")
+    if tflop and _get(r, "warm", "device") != "cpu":  # the floor is an H200's
+        floor_ms = 1000 * args.steps * 2 * tflop / PEAK_TFLOPS
+        s["floor_ms_per_image"] = round(floor_ms, 1)
+        if "warm_b4_ms_per_image" in s:
+            s["b4_times_floor"] = round(s["warm_b4_ms_per_image"] / floor_ms, 2)
+    s["adapter_switch_ms"] = _ms(_get(r, "warm", "adapter_switch_s", "median_s"))
+    s["cold_adapter_load_ms"] = _ms(_get(r, "warm", "cold_adapter_load_again_s"))
+    for side in ("cold", "warm", "eager"):
+        s[f"{side}_ready_s"] = _get(r, side, "ready_s")
+        s[f"{side}_first_picture_s"] = _get(r, side, "first_picture_s")
+    for first in ("vary_first_s", "upscale_first_s"):
+        for side in ("cold", "warm", "eager"):
+            s[f"{side}_{first}"] = _get(r, side, first)
+    goals = {
+        "batch 1 >= 4x plain": (s.get("warm_b1_speedup"), lambda v: v >= 4),
+        "batch 4 >= 3x plain": (s.get("warm_b4_speedup"), lambda v: v >= 3),
+        "batch 4 <= 2x floor": (s.get("b4_times_floor"), lambda v: v <= 2),
+        "adapter switch <= 20 ms": (s["adapter_switch_ms"], lambda v: v <= 20),
+        "cold adapter load <= 100 ms": (s["cold_adapter_load_ms"], lambda v: v <= 100),
+        "first picture after restart, warm store <= 10 s": (s["warm_first_picture_s"], lambda v: v <= 10),
+    }
+    for first in ("vary_first_s", "upscale_first_s"):
+        eager = s.get(f"eager_{first}")
+        goals[f"{first[:-8]} first call not slower than eager (cold)"] = (
+            s.get(f"cold_{first}"), lambda v, e=eager: e is not None and v <= e * 1.05)  # fmt: skip
+    s["goals"] = {name: (None if v is None else bool(ok(v))) for name, (v, ok) in goals.items()}
+    return s
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1000 * seconds, 1)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    s = r.get("summary", {})
+    device = next((r[i]["device"] for i in ("warm", "cold", "eager", "plain") if _get(r, i, "device")), "?")
+    print(f"\nSAMPLING {device} | {r['res']}px {r['steps']} steps DPM++ 2M Karras CFG 7.5, a LoRA active")
+    print(f"{'':28}{'plain':>10}{'ours':>10}{'eager':>10}   (ours: default settings, warm store)")
+    for batch in (1, 4):
+        row = f"{'batch ' + str(batch) + ', s/image':28}"
+        for side in ("plain", "warm", "eager"):
+            v = _get(r, side, f"b{batch}_lora", "median_s")
+            row += f"{v / batch:10.3f}" if v else f"{'-':>10}"
+        row += f"   speed-up ours {s.get(f'warm_b{batch}_speedup', '-')}x, eager {s.get(f'eager_b{batch}_speedup', '-')}x"
         print(row)
-    print(f"plain batch 1 without LoRA: {r['plain']['b1_no_lora']['median_s']:.3f} s")
-    for v in variants:
-        o = r["ours_" + v]
-        alt = o["b1_alternating_two_people"]
-        print(f"ours ({v}): batch 1 alternating two people's LoRAs {alt['median_s']:.3f} s; adapter switch "
-              f"{o['adapter_switch_s']['median_s'] * 1000:.1f} ms; cold adapter load "
-              f"{o['cold_adapter_load_s'] * 1000:.1f} ms; first picture {o['warmup_s']:.1f} s")  # fmt: skip
+    print(f"floor {s.get('floor_ms_per_image', '-')} ms/image; ours at batch 4: {s.get('warm_b4_ms_per_image', '-')} "
+          f"ms/image = {s.get('b4_times_floor', '-')}x the floor")  # fmt: skip
+    print(
+        f"adapter switch {s.get('adapter_switch_ms')} ms; cold adapter load {s.get('cold_adapter_load_ms')} ms"
+    )
+    for side in ("cold", "warm", "eager"):
+        print(f"{side:6} ready {s.get(f'{side}_ready_s')} s, first picture {s.get(f'{side}_first_picture_s')} s "
+              f"after the process started; first vary {s.get(f'{side}_vary_first_s')} s, "
+              f"first upscale {s.get(f'{side}_upscale_first_s')} s")  # fmt: skip
+    for name, ok in s.get("goals", {}).items():
+        print(f"  [{'ok' if ok else 'MISSED' if ok is False else 'n/a'}] {name}")
 
 
 if __name__ == "__main__":

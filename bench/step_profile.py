@@ -7,7 +7,8 @@ A benchmark gives the ratio; this says why, in the same device call: the top ope
 device time, the device-busy share of each step (low means the host's launches are the limit,
 where CUDA graphs or compile help; high means kernels are, where fusion and layouts help).
 Training: our Trainer (LoRA, bf16 on CUDA, one instance + one class image). Sampling: the
-resident pipeline with a person's LoRA merged, batch 4, DPM++ 2M Karras, CFG 7.5.
+resident pipeline on its default path (on a GPU: compiled, one CUDA graph per step) with a
+person's LoRA merged, batch 4, DPM++ 2M Karras, CFG 7.5.
 """
 
 from __future__ import annotations
@@ -74,20 +75,38 @@ def train_step(model: str, res: int) -> Callable[[], None]:
     return step
 
 
-def sample_step(model: str, res: int, steps: int, tmp: Path) -> Callable[[], None]:
+def sample_step(model: str, res: int, steps: int, tmp: Path, args: argparse.Namespace) -> Callable[[], None]:
+    """A sampling job's call on the default path: warmed at batch 4 (compiled and captured
+    on a GPU), reading the compile store at `--store` when given (bench/sample.py's)."""
     from core.sample_request import SampleRequest
     from core.settings import load_settings
+    from gpu_worker import fast_path
     from gpu_worker.lora_cache import AdapterRef
-    from gpu_worker.pipelines import generate, get_resident
+    from gpu_worker.pipelines import generate, get_resident, warm
     from tests.helpers.lora import make_lora_bytes
 
-    settings = load_settings(_env_file=None, base_model=model, data_dir=tmp, nsfw_filter=False)
+    flags: dict[str, object] = {"sample_warm": "4", "sample_warm_later": ""}
+    if args.store:
+        flags["storage_url"] = args.store
+    if args.compile:
+        flags["sample_compile"] = args.compile
+    if args.backend:
+        fast_path.COMPILE_OPTIONS["backend"] = args.backend
+    settings = load_settings(_env_file=None, base_model=model, data_dir=tmp, nsfw_filter=False, **flags)
     lora = tmp / "lora.safetensors"
     lora.write_bytes(make_lora_bytes(Path(model), seed=1, scale=0.01))
     resident = get_resident(settings)
+    start = time.perf_counter()
+    warmed = warm(resident, settings, lambda doing: None)
+    print(f"warm-up {time.perf_counter() - start:.1f}s: {warmed}")
     resident.use_adapters([AdapterRef("person", lora)], settings)
     req = SampleRequest(prompt="a photo of sks dog", n=4, steps=steps, width=res, height=res, seed=0)
-    return lambda: generate(resident, settings, req, req.prompt, req.seeds(0), None)
+
+    def call() -> None:
+        with resident.lock:
+            generate(resident, settings, req, req.prompt, req.seeds(0), None)
+
+    return call
 
 
 def main() -> int:
@@ -96,6 +115,9 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="build and use the tiny test model")
     ap.add_argument("--what", default="train,sample")
     ap.add_argument("--res", type=int, default=None, help="default 512 (64 with --tiny)")
+    ap.add_argument("--store", default="", help="sampling: the storage folder holding the compile cache")
+    ap.add_argument("--compile", default="", help="sampling: DREAMBOT_SAMPLE_COMPILE (default auto)")
+    ap.add_argument("--backend", default="", help="sampling: torch.compile backend (default inductor)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -109,7 +131,8 @@ def main() -> int:
         if "train" in args.what:
             measure("LoRA training step (1 instance + 1 class image)", train_step(model, res), 5, 5)
         if "sample" in args.what:
-            measure("sampling, batch 4, 10 steps (per call)", sample_step(model, res, 10, tmp), 1, 2)
+            step = sample_step(model, res, 10, tmp, args)
+            measure("sampling, batch 4, 10 steps, default path (per call)", step, 1, 2)
     return 0
 
 

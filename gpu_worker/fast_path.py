@@ -4,12 +4,14 @@
 `DREAMBOT_SAMPLE_COMPILE` says so (auto: on a GPU), after loading the compile cache of
 this torch, device, model and options from storage (`compile_store`), so a graph the
 fleet already compiled is only read. The UNet is compiled with a dynamic batch size (one
-compile serves batch 1-4 with CFG; each batch still gets its own CUDA graph); the VAE
-decodes image by image, so one graph per image size serves every batch.
+compile serves batch 1-4 with CFG; each batch still gets its own CUDA graph) and one
+timestep type for every scheduler. The VAE decodes image by image; it compiles for the
+native size, and the odd tile sizes of a 2x upscale are captured without compiling.
 
-`warm` draws a short picture for each shape of `DREAMBOT_SAMPLE_WARM` with builds in the
-foreground, before the worker's first claim; the shapes of `DREAMBOT_SAMPLE_WARM_LATER`
-are then built in the background, and any other shape on its first use.
+`gpu_worker.pipelines.warm` draws a short picture for each shape of `DREAMBOT_SAMPLE_WARM`
+with builds in the foreground, before the worker's first claim, then queues the UNet
+builds of `DREAMBOT_SAMPLE_WARM_LATER` (`prebuild_unet`); any other shape builds on its
+first use while that call is drawn eager.
 """
 
 from __future__ import annotations
@@ -97,6 +99,17 @@ class FastPath:
         finally:
             self.unet.foreground = self.decoder.foreground = False
 
+    def prebuild_unet(self, batch: int, height: int, width: int) -> None:
+        """Queue a background build of the UNet for latents of this shape (with CFG), from
+        inputs shaped as the pipelines pass them: no draw, no lock, nobody waits."""
+        unet, dtype = self.unet.module, self.unet.module.dtype
+        device = next(unet.parameters()).device
+        sample = torch.zeros(2 * batch, unet.config.in_channels, height, width, device=device, dtype=dtype)
+        context = torch.zeros(2 * batch, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+        kwargs = dict(encoder_hidden_states=context, timestep_cond=None, cross_attention_kwargs=None,
+                      added_cond_kwargs=None, return_dict=False)  # fmt: skip
+        self.unet.submit((sample, torch.tensor(999.0, device=device)), kwargs)
+
     def save(self) -> None:
         if self.store is not None:
             try:
@@ -149,8 +162,12 @@ def install(
     unet = FastForward(pipe.unet, "unet", compiled(type(pipe.unet).forward.__get__(pipe.unet)), graphs, builder,
                        pool=pool, dynamic=unet_batch, prepare=unet_inputs)  # fmt: skip
     decoder_module = pipe.vae.decoder
+    native = int(pipe.unet.config.sample_size)
+    # The decoder compiles for the native size only; the odd tile sizes of a 2x upscale are
+    # captured eager (no launches to pay either way, and no minutes of compiling for them).
     decoder = FastForward(decoder_module, "vae decoder", compiled(type(decoder_module).forward.__get__(decoder_module)),
-                          graphs, builder, pool=pool)  # fmt: skip
+                          graphs, builder, pool=pool,
+                          compile_when=lambda call: tuple(call[0][0].shape[-2:]) == (native, native))  # fmt: skip
     fast = FastPath(unet, decoder, builder, store, key)
     builder.after_build = fast.save
     pipe.unet.forward = unet  # the instance's forward: diffusers keeps calling `pipe.unet(...)`

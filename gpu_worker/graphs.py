@@ -52,7 +52,16 @@ def signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable | None:
 
 
 def _clone(tree: Any) -> Any:
-    return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, tree)
+    """A copy of every tensor, contiguous (one layout per signature: no stride recompiles)."""
+    return pytree.tree_map(
+        lambda t: t.clone(memory_format=torch.contiguous_format) if isinstance(t, torch.Tensor) else t, tree
+    )
+
+
+def _contiguous(tree: Any) -> Any:
+    # img2img latents come out of the VAE encoder channels-last, decoder tiles are views: a
+    # compiled graph guards on strides, so every call reaches it in one layout.
+    return pytree.tree_map(lambda t: t.contiguous() if isinstance(t, torch.Tensor) else t, tree)
 
 
 class GraphRunner:
@@ -150,6 +159,7 @@ class FastForward:
     dynamic: Callable[[tuple[Any, ...], dict[str, Any]], list[torch.Tensor]] | None = None  # batch inputs
     foreground: bool = False  # build new shapes on the spot (the warm-up), not in the background
     prepare: Callable[[tuple[Any, ...], dict[str, Any]], Call] | None = None  # inputs in one canonical form
+    compile_when: Callable[[Call], bool] | None = None  # else a new shape is only captured (no compile)
     runners: dict[Hashable, Runner] = field(default_factory=dict)
     pending: set[Hashable] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)  # calls by runner kind (tests, metrics)
@@ -172,13 +182,19 @@ class FastForward:
             self.counts[runner.how] += 1
             return runner.call(args, kwargs)
         self.counts["eager"] += 1
-        if key is not None and self.compiled is not None:
-            with self._guard:
-                first = key not in self.pending
-                self.pending.add(key)
-            if first:
-                self.builder.submit(BuildJob(self, key, _clone((args, kwargs))))
+        self.submit(args, kwargs)
         return self.eager(*args, **kwargs)
+
+    def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Build the runner for this call's signature in the background (once)."""
+        key = signature(args, kwargs)
+        if key is None or self.compiled is None:
+            return
+        with self._guard:
+            first = key not in self.pending and key not in self.runners
+            self.pending.add(key)
+        if first:
+            self.builder.submit(BuildJob(self, key, _clone((args, kwargs))))
 
     def build_now(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Build the runner for this call's signature here and now (warm-up). Returns how
@@ -229,7 +245,7 @@ class FastForward:
         what = self.describe(call)
         fn: Callable[..., Any] = self.eager
         how = "eager"
-        if self.compiled is not None:
+        if self.compiled is not None and (self.compile_when is None or self.compile_when(call)):
             try:
                 with builder.tree_lock if builder is not None else nullcontext():
                     self._compile(call)  # compiles (or loads from the caches) now
@@ -248,4 +264,6 @@ class FastForward:
             except Exception as exc:
                 log.warning("capturing %s failed, it stays %s: %s", what, how, str(exc).splitlines()[0])
         log.info("%s: %s", what, how)
-        return Runner(lambda a, k: fn(*a, **k), how)
+        if how == "eager":
+            return Runner(lambda a, k: fn(*a, **k), how)
+        return Runner(lambda a, k: fn(*_contiguous(a), **_contiguous(k)), how)

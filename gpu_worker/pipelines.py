@@ -209,13 +209,13 @@ def warm(resident: Resident, settings: Settings, report: Callable[[str], None]) 
             report(f"compiling the 2x upscale of {resident.native_size} px")
             _warm_draw(resident, settings, 1, upscale=True)
     fast.save()
+    # The UNet is the compile that takes minutes; the decoder's other sizes only capture.
     later, later_upscale = warm_shapes(settings.sample_warm_later)
-    later = [n for n in later if n not in batches]
-    later_upscale = later_upscale and not upscale
-    if later or later_upscale:  # eager draws that queue background builds: cheap, then ready
-        threading.Thread(
-            target=_warm_later, args=(resident, settings, later, later_upscale), daemon=True
-        ).start()
+    latent = int(resident.pipe.unet.config.sample_size)
+    for n in [n for n in later if n not in batches]:
+        fast.prebuild_unet(n, latent, latent)
+    if later_upscale and not upscale:
+        fast.prebuild_unet(1, 2 * latent, 2 * latent)
     return info | {
         "compile": "on",
         "cuda_graphs": fast.unet.cuda_graphs,
@@ -232,18 +232,6 @@ def _warm_draw(resident: Resident, settings: Settings, n: int, upscale: bool) ->
         side = resident.native_size
         source = Source(PILImage.new("RGB", (side, side), (127, 127, 127)), "warm-up")
     generate(resident, settings, req, req.prompt, req.seeds(0), source)
-
-
-def _warm_later(resident: Resident, settings: Settings, batches: list[int], upscale: bool) -> None:
-    try:
-        for n in batches:
-            with resident.lock:
-                _warm_draw(resident, settings, n, upscale=False)
-        if upscale:
-            with resident.lock:
-                _warm_draw(resident, settings, 1, upscale=True)
-    except Exception:
-        log.exception("background warm-up failed; those shapes build on first use")
 
 
 @dataclass(frozen=True)

@@ -92,11 +92,17 @@ def test_compiled_draws_the_eager_pixels_and_people_never_recompile(
     assert sorted(resident.fast.shapes()["unet"]) == ["2x4x32x32 (compiled)", "4x4x32x32 (compiled)"]
     resident.fast.unet.counts.clear()
     resident.fast.decoder.counts.clear()
-    fast = [draw(settings, params, who) for params, who in requests]
-    assert counters["stats"]["unique_graphs"] == graphs_after_warmup  # three people: no recompile
+    jobs = [
+        run_sample(settings, params, who[0], () if who[1] is None else (who[1],)) for params, who in requests
+    ]
+    fast = [pixels(settings, job) for job in jobs]
+    # A variation of a picture: img2img latents come channels-last from the VAE encoder.
+    vary = {"variation_of": jobs[0].result["image_ids"][0], "steps": 2, "strength": 1.0}
+    assert run_sample(settings, vary, owners[0], (people[0][1],)).status == "succeeded"
+    assert counters["stats"]["unique_graphs"] == graphs_after_warmup  # three people, a vary: no recompile
     assert resident.fast.served() == {
-        "unet": {"compiled": 2 * len(requests)},  # 2 steps each, every one through the compiled graph
-        "vae_decoder": {"compiled": sum(p.get("n", 1) for p, _ in requests)},  # image by image
+        "unet": {"compiled": 2 * (len(requests) + 1)},  # 2 steps each, every one through the compiled graph
+        "vae_decoder": {"compiled": sum(p.get("n", 1) for p, _ in requests) + 1},  # image by image
     }
     assert not np.array_equal(fast[0][0], fast[1][0])  # the people did differ
 
@@ -214,3 +220,18 @@ def test_repeated_prompts_reuse_the_text_encoder_until_the_adapters_change(
     resident.use_adapters([AdapterRef("rex", tmp_path / "rex.safetensors")], settings)
     resident.encode(PARAMS["prompt"], "")  # an adapter may change the text encoder: encoded again
     assert len(calls) == 4
+
+
+def test_shapes_warmed_later_build_in_the_background_for_the_real_calls(settings: Settings) -> None:
+    """`DREAMBOT_SAMPLE_WARM_LATER=upscale` queues the 2x UNet build right after the warm-up,
+    from inputs made up in the pipelines' form: the first real upscale then finds it built."""
+    settings = settings.model_copy(update={"sample_warm": "1", "sample_warm_later": "upscale"})
+    resident = warmed(settings)
+    assert resident.fast.builder.idle.wait(300)
+    assert "2x4x64x64 (compiled)" in resident.fast.shapes()["unet"]
+    owner = make_user(settings)
+    first = run_sample(settings, PARAMS, owner)
+    resident.fast.unet.counts.clear()
+    upscale = run_sample(settings, {"upscale_of": first.result["image_ids"][0], "steps": 2}, owner)
+    assert pixels(settings, upscale)[0].shape == (128, 128, 3)
+    assert resident.fast.served()["unet"] == {"compiled": 1}  # img2img at strength 0.x: one step, not eager
