@@ -16,6 +16,7 @@ import uvicorn
 
 from bot.delivery import Delivery, Poster
 from bot.service import ConversationService
+from bot.web.security import UVICORN_OPTIONS
 from core import retention
 from core.settings import Settings
 
@@ -68,7 +69,13 @@ async def run_bot(settings: Settings, web_app: object, stop: asyncio.Event | Non
     if web_poster is not None:
         posters["web"] = web_poster
     delivery = Delivery(settings, posters)
-    config = uvicorn.Config(web_app, host=settings.web_host, port=settings.web_port, log_level="info")  # type: ignore[arg-type]
+    config = uvicorn.Config(
+        web_app,  # type: ignore[arg-type]
+        host=settings.web_host,
+        port=settings.web_port,
+        log_level="info",
+        **UVICORN_OPTIONS,  # X-Forwarded-* only from DREAMBOT_TRUSTED_PROXIES (bot/web/security.py)
+    )
     server = uvicorn.Server(config)
     tasks = [
         asyncio.create_task(server.serve(), name="web"),

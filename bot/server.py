@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from bot.dashboard.console_role import guard_console
 from bot.launcher import Supervisor
 from bot.runtime import run_bot
 from bot.web.app import create_app
@@ -27,7 +28,9 @@ def serve(settings: Settings, *, with_workers: bool = True) -> None:
             supervisor.start_worker("sample")
         sweeper.start()
         log.info("web playground on http://%s:%s/", settings.web_host, settings.web_port)
-        asyncio.run(run_bot(settings, create_app(settings)))
+        app = create_app(settings)
+        guard_console(app, settings)  # the SQL console only as a read-only role (PostgreSQL)
+        asyncio.run(run_bot(settings, app))
     except KeyboardInterrupt:  # uvicorn re-raises the signal after its own clean shutdown
         pass
     finally:

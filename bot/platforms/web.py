@@ -35,16 +35,6 @@ PLATFORM = "web"
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "web" / "templates"))
 STREAM_INTERVAL = 0.5
 MAX_FILES = 10
-# Scripts and styles from /static only, nothing inline; chosen photos preview as blob: URLs.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
 
 
 class WebPoster:
@@ -123,8 +113,8 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
     @router.get("/", response_class=HTMLResponse)
     def page(request: Request) -> HTMLResponse:
         _require_login(request, settings)
+        # Security headers: bot/web/security.py adds them to every response.
         response = TEMPLATES.TemplateResponse(request, "playground.html", {})
-        response.headers.update(SECURITY_HEADERS)
         if not _visitor(request, settings):
             token = URLSafeSerializer(settings.session_secret_value(), salt="playground").dumps(
                 secrets.token_hex(8)

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 from bot.dashboard import mount_dashboard
 from bot.platforms.web import WebPoster, playground_router
 from bot.service import ConversationService
+from bot.web.security import install_security
 from core import metrics
 from core.db import session_scope
 from core.dbclock import db_now
@@ -36,6 +37,7 @@ def health(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="dreambot", docs_url=None, redoc_url=None)
     app.state.settings = settings
+    install_security(app, settings)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
