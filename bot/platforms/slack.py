@@ -54,6 +54,7 @@ from bot.platforms.slack_convert import (
     command_origin,
     download,
     event_origin,
+    form_errors,
     strip_mentions,
     train_modal,
     train_values,
@@ -61,10 +62,8 @@ from bot.platforms.slack_convert import (
 from bot.platforms.slack_poster import SlackPoster, blocks_for, slack_error
 from bot.service import ConversationService, Origin, Reply
 from core.db import session_scope
-from core.errors import UserFacingError
 from core.models import Conversation
 from core.settings import Settings, SettingsError
-from core.subjects import check_photo_count
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +207,8 @@ class SlackAdapter:
         self, ack: Any, body: dict[str, Any], view: dict[str, Any], context: AsyncBoltContext
     ) -> None:
         form = train_values(view)
-        try:
-            check_photo_count(len(form.files))  # cheap, so it can go back into the modal itself
-        except UserFacingError as exc:
-            await ack(response_action="errors", errors={"photos": str(exc)[:150]})
+        if errors := form_errors(form):  # cheap checks go back into the modal itself
+            await ack(response_action="errors", errors=errors)
             return
         await ack()
         await after_ack(context)
