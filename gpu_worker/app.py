@@ -7,6 +7,7 @@ that needs them (never at import or fork time).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -67,7 +68,9 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
     # A fresh host with S3 storage may have no data folder yet (it holds the caches).
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    _record_presence(name, queues, describe_machine(str(settings.data_dir)))
+    # The pid lets a launcher tell the worker it started from one an earlier run left behind.
+    info = {**describe_machine(str(settings.data_dir)), "pid": os.getpid()}
+    _record_presence(name, queues, info)
     threading.Thread(target=_presence_loop, args=(name,), daemon=True).start()
     log.info("worker %s ready on %s", name, queues)
 
