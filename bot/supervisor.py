@@ -98,6 +98,7 @@ class _Slot:
     restarts: int = 0
     retry_at: float = 0.0
     detail: str = "starting"
+    last_exit: str = ""  # how the previous process ended, in words
 
 
 @dataclass
@@ -226,14 +227,15 @@ class Supervisor:
         if slot.lock is not None:
             slot.lock.record(proc.pid)
         # Without a probe there is no readiness to wait for: a live process is all we know.
-        self._set(slot, "starting" if self.probe else "running", f"started (pid {proc.pid})")
+        before = f" after it exited ({slot.last_exit})" if slot.last_exit else ""
+        self._set(slot, "starting" if self.probe else "running", f"started (pid {proc.pid}){before}")
         log.info("started worker %s (pid %s) %s", slot.spec.name, proc.pid, slot.spec.env)
 
     def _exited(self, slot: _Slot, now: float) -> None:
         assert slot.proc is not None
         ran = now - slot.since
         slot.failures = 1 if ran >= self.backoff.stable_after else slot.failures + 1
-        how = _exit_words(slot.proc.returncode)
+        how = slot.last_exit = _exit_words(slot.proc.returncode)
         if slot.failures >= self.backoff.give_up_after:
             what = "stopping every worker" if self.give_up == "stop_all" else "not restarting it"
             where = f" (its log: {self.log_dir / (slot.spec.name + '.log')})" if self.log_dir else ""

@@ -59,6 +59,7 @@ class _TerminalFormatter(logging.Formatter):
 
 def setup_up_logging(settings: Settings, verbose: bool, terminal: IO[str] | None = None) -> Path | None:
     """Route the bot process's logs for `dreambot up`; the log folder, or None with -v."""
+    _console.setLevel(logging.INFO)  # the lines are shown whatever DREAMBOT_LOG_LEVEL says
     if verbose:
         setup_logging(settings)
         return None

@@ -50,10 +50,12 @@ def health(settings: Settings, supervised: Callable[[], list[WorkerState]] | Non
             missing.append(
                 {"worker": None, "queues": [kind], "state": "absent", "detail": f"no {kind} worker online"}
             )
+    # A supervised worker that died a moment ago still has a fresh row: not online for us.
+    gone = {m["worker"] for m in missing}
     return {
         "status": "degraded" if missing else "ok",
         "jobs": by_status,
-        "workers": sorted(workers),
+        "workers": sorted(set(workers) - gone),
         "missing": missing,
     }
 

@@ -29,9 +29,10 @@ def healthz(settings: Settings, states: list[WorkerState] | None) -> dict[str, o
     return dict(response.json())
 
 
-def test_a_dead_supervised_worker_is_named(sqlite_settings: Settings) -> None:
-    register(sqlite_settings, "sample@box", "sample")
-    health = healthz(sqlite_settings, [RESTARTING, READY])
+def test_a_dead_supervised_worker_is_named(db_settings: Settings) -> None:
+    register(db_settings, "sample@box", "sample")
+    register(db_settings, "train@box", "train")  # killed a moment ago: its row is still fresh
+    health = healthz(db_settings, [RESTARTING, READY])
     assert health["status"] == "degraded"
     assert health["workers"] == ["sample@box"]
     assert health["missing"] == [
@@ -44,21 +45,21 @@ def test_a_dead_supervised_worker_is_named(sqlite_settings: Settings) -> None:
     ]
 
 
-def test_without_a_supervisor_a_queue_nobody_serves_is_named(sqlite_settings: Settings) -> None:
-    register(sqlite_settings, "sample@elsewhere", "sample")
-    health = healthz(sqlite_settings, None)
+def test_without_a_supervisor_a_queue_nobody_serves_is_named(db_settings: Settings) -> None:
+    register(db_settings, "sample@elsewhere", "sample")
+    health = healthz(db_settings, None)
     assert health["status"] == "degraded"
     assert health["missing"] == [
         {"worker": None, "queues": ["train"], "state": "absent", "detail": "no train worker online"}
     ]
-    register(sqlite_settings, "train@elsewhere", "train")
-    assert healthz(sqlite_settings, None)["status"] == "ok"
+    register(db_settings, "train@elsewhere", "train")
+    assert healthz(db_settings, None)["status"] == "ok"
 
 
-def test_all_serving_is_ok(sqlite_settings: Settings) -> None:
-    register(sqlite_settings, "train@box", "train")
-    register(sqlite_settings, "sample@box", "sample")
+def test_all_serving_is_ok(db_settings: Settings) -> None:
+    register(db_settings, "train@box", "train")
+    register(db_settings, "sample@box", "sample")
     ready_train = WorkerState("train@box", "train", "ready", 41, 0, "ready on CPU")
-    health = healthz(sqlite_settings, [ready_train, READY])
+    health = healthz(db_settings, [ready_train, READY])
     assert (health["status"], health["missing"]) == ("ok", [])
     assert health["workers"] == ["sample@box", "train@box"]

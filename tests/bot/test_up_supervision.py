@@ -48,8 +48,7 @@ def test_a_killed_train_worker_comes_back_and_its_job_succeeds(
     try:
         up.wait_healthy()
         sid = make_trained_subject_row(settings, tiny_model_dir)
-        config = {**FAST, "steps": 30, "checkpoint_every": 10}
-        job = jobs.submit(settings, kind="train", subject_ids=[sid], params={"config": config})
+        job = jobs.submit(settings, kind="train", subject_ids=[sid], params={"config": FAST})
         name = f"train@{HOST}"
         wait_running(settings, job.id, name)
         victim = up.worker("train")
