@@ -149,10 +149,15 @@ def _size(n: float) -> str:
     return f"{n:.0f} bytes"
 
 
-def device_of(info: dict[str, Any]) -> str:
-    """'cuda:0 (NVIDIA H100, 80 GB)' or 'CPU' from a worker row's machine description."""
-    devices = info.get("cuda_devices") or []
-    if not devices:
+def device_of(row: dict[str, Any]) -> str:
+    """'cuda:0 (NVIDIA H100, 80 GB)' or 'CPU' from a worker row: where its warm-up ran, else
+    its machine description."""
+    warmup = row.get("warmup") or {}
+    if str(warmup.get("device", "")).startswith("cuda"):
+        memory = f", {warmup['gpu_memory_gb']:g} GB" if warmup.get("gpu_memory_gb") is not None else ""
+        return f"{warmup['device']} ({warmup.get('gpu', 'GPU')}{memory})"
+    devices = row.get("cuda_devices") or []
+    if warmup.get("device") == "cpu" or not devices:
         return "CPU"
     first = devices[0]
     memory = f", {first['total_gb']:g} GB" if first.get("total_gb") is not None else ""

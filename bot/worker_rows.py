@@ -1,7 +1,7 @@
 """What the workers' own rows say: who is online, on which queues, started by which process.
 
 A worker writes its row when Celery is ready (name, queues, a machine description with its
-pid) and heartbeats `last_seen_at`; a row silent for three heartbeats is offline
+pid), says `ready` once warmed up (with its device) and heartbeats `last_seen_at`; a row silent for three heartbeats is offline
 (`core.stats.online_cutoff`). The supervisor asks `ready_probe` whether the process it
 started is the one serving; `/healthz` asks which queues nobody serves.
 """
@@ -22,23 +22,25 @@ QUEUE_KINDS = ("train", "sample")
 
 
 def ready_probe(settings: Settings) -> Probe:
-    """{name: pid} → {name: info} of the rows that are fresh, carry that pid and are ready."""
+    """{name: pid} → {name: row} of the rows that are fresh, carry that pid and are ready
+    (warmed up: `gpu_worker.warmup`); a row is its machine `info` plus its `warmup`."""
 
     def probe(pids: dict[str, int]) -> dict[str, dict[str, Any]]:
         with session_scope(settings) as session:
             rows = session.execute(
-                select(Worker.name, Worker.info).where(
-                    Worker.name.in_(list(pids)), Worker.last_seen_at >= online_cutoff(settings)
+                select(Worker.name, Worker.info, Worker.warmup).where(
+                    Worker.name.in_(list(pids)),
+                    Worker.state == "ready",
+                    Worker.last_seen_at >= online_cutoff(settings),
                 )
             ).all()
-        return {name: info for name, info in rows if _serving(info or {}, pids[name])}
+        return {
+            name: {**(info or {}), "warmup": warmup or {}}
+            for name, info, warmup in rows
+            if (info or {}).get("pid") == pids[name]
+        }
 
     return probe
-
-
-def _serving(info: dict[str, Any], pid: int) -> bool:
-    # A worker that warms its model first says so; one that does not is ready once registered.
-    return info.get("pid") == pid and info.get("state", "ready") == "ready"
 
 
 def online(settings: Settings) -> dict[str, list[str]]:

@@ -162,6 +162,9 @@ def test_base_model_line(sqlite_settings: Settings, tmp_path: Path) -> None:
 
 
 def test_device_of_a_worker_row() -> None:
-    assert device_of({"torch": "2.13", "cuda_devices": []}) == "CPU"
+    assert device_of({"torch": "2.13", "warmup": {"device": "cpu"}}) == "CPU"
+    warmed = {"device": "cuda:0", "gpu": "NVIDIA H200", "gpu_memory_gb": 143.8}
+    assert device_of({"torch": "2.13", "warmup": warmed}) == "cuda:0 (NVIDIA H200, 143.8 GB)"
+    # A solo-pool worker describes its GPUs itself.
     gpu = {"index": 0, "name": "NVIDIA H200", "total_gb": 143.8}
-    assert device_of({"cuda_devices": [gpu]}) == "cuda:0 (NVIDIA H200, 143.8 GB)"
+    assert device_of({"cuda_devices": [gpu], "warmup": {}}) == "cuda:0 (NVIDIA H200, 143.8 GB)"
