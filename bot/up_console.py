@@ -121,7 +121,7 @@ def base_model_line(settings: Settings, hf_cache: Path | None = None) -> str:
         return f"base model: {name} found in the Hugging Face cache ({_size(cached)})"
     known = KNOWN_DOWNLOAD_GB.get(name)
     size = f" ({known:g} GB)" if known else ""
-    return f"base model: {name} not downloaded yet: the first training will download it{size}"
+    return f"base model: {name} not downloaded yet: the workers download it as they warm up{size}"
 
 
 def _hub_cache_bytes(repo_id: str, cache_dir: Path | None) -> int | None:

@@ -145,12 +145,12 @@ def test_base_model_line(sqlite_settings: Settings, tmp_path: Path) -> None:
     default = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     hub = sqlite_settings.model_copy(update={"base_model": default})
     assert base_model_line(hub, tmp_path / "no-cache") == (
-        f"base model: {default} not downloaded yet: the first training will download it (5.5 GB)"
+        f"base model: {default} not downloaded yet: the workers download it as they warm up (5.5 GB)"
     )
     cache = fake_hub_cache(tmp_path / "hub", default, 2_500_000)
     assert base_model_line(hub, cache) == f"base model: {default} found in the Hugging Face cache (2.5 MB)"
     other = hub.model_copy(update={"base_model": "someone/another-model"})
-    assert base_model_line(other, cache).endswith("the first training will download it")
+    assert base_model_line(other, cache).endswith("the workers download it as they warm up")
     folder = tmp_path / "my-model"
     folder.mkdir()
     (folder / "model_index.json").write_text(json.dumps({"x": 1}) + " " * 1990)
