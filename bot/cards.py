@@ -124,6 +124,28 @@ def _percent(progress: dict[str, Any]) -> int | None:
     return max(0, min(100, round(100 * step / total))) if total > 0 else None
 
 
+def time_left(progress: dict[str, Any]) -> str | None:
+    """Time left in words ("about 2 h left on this CPU") from the trainer's measured pace, once it has one."""
+    try:
+        eta = float(progress["eta_s"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not 0 < eta < float("inf") or progress.get("phase") != "training":
+        return None
+    where = " on this CPU" if progress.get("device") == "cpu" else ""
+    return f"{_duration_words(eta)} left{where}"
+
+
+def _duration_words(seconds: float) -> str:
+    if seconds < 60:
+        return "less than a minute"
+    if seconds < 3600:
+        return f"about {max(1, round(seconds / 60))} min"
+    hours = seconds / 3600
+    rounded = round(hours * 2) / 2 if hours < 10 else round(hours)
+    return f"about {rounded:g} h"
+
+
 def _preview(progress: dict[str, Any]) -> bytes | None:
     raw = progress.get("preview")
     if not isinstance(raw, str) or not raw:
@@ -145,6 +167,8 @@ def render_card(job: JobSnapshot) -> Card:
         detail = f"{pct}%" if pct is not None else "starting…"
         if phase and job.kind == "train":
             detail += f" ({str(phase).replace('_', ' ')})"
+        if (left := time_left(job.progress)) is not None:
+            detail += f", {left}"
         return Card(f"{title} — {detail}", preview=_preview(job.progress))
     if job.status == "succeeded":
         return Card(f"{title} — done ✅{_done_detail(job)}", done=True)

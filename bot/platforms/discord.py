@@ -41,6 +41,7 @@ from bot.platforms.discord_poster import DiscordPoster
 from bot.platforms.discord_transport import install, routed_webhooks
 from bot.platforms.downloads import Attached, DownloadRefused, Source, download_all
 from bot.service import ConversationService, Reply, Upload
+from bot.up_console import announce
 from core.names import NameRefused, subject_names
 from core.settings import Settings
 
@@ -64,6 +65,9 @@ class _Client(discord.Client):
 
     async def setup_hook(self) -> None:
         await self.adapter.on_setup()
+
+    async def on_ready(self) -> None:
+        announce(f"discord: connected as {self.user}")
 
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)

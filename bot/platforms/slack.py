@@ -61,6 +61,7 @@ from bot.platforms.slack_convert import (
 )
 from bot.platforms.slack_poster import SlackPoster, blocks_for, slack_error
 from bot.service import ConversationService, Origin, Reply
+from bot.up_console import announce
 from core.db import session_scope
 from core.models import Conversation
 from core.settings import Settings, SettingsError
@@ -121,6 +122,7 @@ class SlackAdapter:
             self.app, self.settings.slack_app_token.get_secret_value(), web_client=self.client
         )
         await handler.connect_async()
+        announce("slack: connected (Socket Mode)")
         try:
             await stop.wait()
         finally:
@@ -147,6 +149,9 @@ class SlackAdapter:
         )
         server = _QuietServer(config)
         task = asyncio.create_task(server.serve())
+        announce(
+            f"slack: receiving events on http://{self.settings.slack_http_host}:{self.settings.slack_http_port}/slack/events"
+        )
         try:
             await stop.wait()
         finally:
