@@ -110,14 +110,10 @@ def _generate(
     """Generate and store `indices`; returns the seconds spent sampling (not loading)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    from gpu_worker.model_cache import is_storage_model, resolve_base_model
+    from gpu_worker.model_fetch import local_base_model
     from gpu_worker.pipelines import tune_for_gpu
 
-    path = base_model
-    if is_storage_model(base_model):  # resolved again here: it refreshes the copy's last use
-        from core.settings import get_settings
-
-        path = resolve_base_model(settings or get_settings(), base_model)
+    path = local_base_model(base_model, settings)  # again here: it refreshes a storage copy's last use
     cuda = torch.cuda.is_available()
     half = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     dtype = half if cuda else torch.float32
