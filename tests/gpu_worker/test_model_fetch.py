@@ -18,7 +18,7 @@ import yaml
 from sqlalchemy import select
 from tqdm import tqdm
 
-from bot.cards import render_card
+from bot.cards import JobSnapshot, render_card
 from bot.delivery import job_snapshot
 from core import jobs, migrate
 from core.db import dispose_engines, session_scope
@@ -91,6 +91,32 @@ def test_only_what_a_pipeline_reads_is_downloaded() -> None:
         "vae/config.json",
         "vae/diffusion_pytorch_model.bin",  # no safetensors there: the plain .bin
     ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "title"), [("train", "🧠 Training Rex"), ("sample", "🎨 2 images of “a photo of zwx dog”")]
+)
+def test_a_card_shows_the_download_with_speed_and_time_left(kind: str, title: str) -> None:
+    progress = {
+        "phase": "downloading",
+        "step": 1_200_000_000,
+        "total": 5_490_000_000,
+        "speed": 25_000_000,
+        "eta": 171,
+    }
+    card = render_card(
+        JobSnapshot(
+            7, kind, "running", progress, {"n": 2, "prompt": "a photo of zwx dog"}, None, None, 0, "Rex"
+        )
+    )
+    assert card.text == f"{title} — downloading the base model: 1.20GB of 5.49GB, 25.0MB/s, about 3 min left"
+    starting = {**progress, "step": 0, "speed": 0, "eta": None}
+    card = render_card(
+        JobSnapshot(
+            7, kind, "running", starting, {"n": 2, "prompt": "a photo of zwx dog"}, None, None, 0, "Rex"
+        )
+    )
+    assert card.text == f"{title} — downloading the base model: 0.00B of 5.49GB"
 
 
 def closed_port() -> int:
