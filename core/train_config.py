@@ -74,6 +74,12 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     allow_tf32: bool = True
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the UNet for training (auto: on CUDA)"
+    )
+    cuda_graph: Literal["auto", "on", "off"] = Field(
+        "auto", description="replay the whole step as one CUDA graph (auto: where possible)"
+    )
     # -- loss options ------------------------------------------------------------------------
     offset_noise: float = Field(0.0, ge=0, description="e.g. 0.05: helps very dark/bright images")
     snr_gamma: float | None = Field(None, gt=0, description="min-SNR weighting, 5.0 is typical")
