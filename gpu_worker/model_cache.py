@@ -3,7 +3,8 @@
 `DREAMBOT_BASE_MODEL` names a base model three ways:
 
 * a hub id (`stable-diffusion-v1-5/stable-diffusion-v1-5`): downloaded once into
-  `MODEL_CACHE_DIR/hub/` by `gpu_worker/model_fetch.py` (which every load path calls);
+  `MODEL_CACHE_DIR/hub/` by `gpu_worker/hub_models.py` (`model_fetch.py`, which every
+  load path calls, asks for it);
 * a local folder: used in place, unchanged;
 * `storage:<key prefix>` (`storage:models/sd15`): a model published into the deployment's
   storage (local folder or S3) by `publish_base_model` / `dreambot model publish`, next
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 STORAGE_SCHEME = "storage:"
 MANIFEST = "manifest.json"
 LAST_USED = ".last-used"  # touched on every resolve; its mtime orders the LRU
-HUB_FOLDER = "hub"  # hub base models (gpu_worker/model_fetch.py): never evicted as a storage copy
+HUB_FOLDER = "hub"  # hub base models (gpu_worker/hub_models.py): never evicted as a storage copy
 KEEP_RECENT = 1  # most recently resolved other models never evicted (see the module doc)
 
 

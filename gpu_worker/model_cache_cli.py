@@ -28,11 +28,11 @@ def pull(
 
     from core.errors import DreambotError
     from core.settings import SettingsError, load_settings
-    from gpu_worker import model_fetch
+    from gpu_worker import hub_models, model_fetch
 
     bar: tqdm | None = None
 
-    def show(d: model_fetch.Download) -> None:
+    def show(d: hub_models.Download) -> None:
         nonlocal bar
         if bar is None:
             bar = tqdm(total=d.total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=True)
@@ -46,7 +46,7 @@ def pull(
             path = model_fetch.local_base_model(name, settings)  # a storage model: copied once
             typer.echo(f"{name} is {'a local folder' if kind == 'folder' else 'on this host'}: {path}")
             return
-        got = model_fetch.pull(settings, name, on_progress=show)
+        got = hub_models.pull(settings, name, on_progress=show)
     except (DreambotError, SettingsError, OSError) as exc:
         typer.secho(f"dreambot: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None

@@ -14,8 +14,9 @@ from tqdm import tqdm
 
 from core.errors import UserFacingError
 from core.settings import Settings
+from gpu_worker.hub_models import REVISION, find_pulled, probe, select_files
 from gpu_worker.model_cache import key_prefix, model_cache
-from gpu_worker.model_fetch import REVISION, find_pulled, model_kind, probe, select_files
+from gpu_worker.model_fetch import model_kind
 
 STATUS_TIMEOUT = 3.0  # seconds the hub gets to say how big the model is
 
@@ -101,7 +102,7 @@ def _hub(settings: Settings, name: str, ask_hub: bool) -> BaseModelState:
 def hub_reachable(settings: Settings) -> tuple[bool, str]:
     """Whether the model hub answers about the base model (or, for a model that is not a
     hub id, about nothing in particular: then it does not matter)."""
-    from gpu_worker.model_fetch import HubUnreachable, endpoint
+    from gpu_worker.hub_models import HubUnreachable, endpoint
 
     name = settings.base_model
     if model_kind(name) != "hub":

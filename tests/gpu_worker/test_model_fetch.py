@@ -24,7 +24,8 @@ from core import jobs, migrate
 from core.db import dispose_engines, session_scope
 from core.models import Job, Subject
 from core.settings import Settings
-from gpu_worker.model_fetch import find_pulled, local_base_model, select_files
+from gpu_worker.hub_models import find_pulled, select_files
+from gpu_worker.model_fetch import NotDownloaded, local_base_model, without_downloads
 from tests.helpers.fake_hub import FakeHub
 from tests.helpers.profile import make_test_settings, settings_env
 from tests.helpers.training import FAST, make_trained_subject_row
@@ -205,6 +206,15 @@ def test_a_missing_or_gated_model_is_named(settings: Settings, hub: FakeHub) -> 
     gated = cli(settings, hub.env(), "model", "pull", "org/gated")
     assert gated.returncode == 1 and "org/gated is gated" in gated.stderr and "HF_TOKEN" in gated.stderr
     assert hub.downloads() == []
+
+
+def test_a_warm_up_leaves_the_download_to_the_first_job(settings: Settings, hub: FakeHub) -> None:
+    with without_downloads(), pytest.raises(NotDownloaded, match="the first job downloads it"):
+        local_base_model(REPO, settings)
+    assert hub.requests == []
+    cli(settings, hub.env(), "model", "pull")
+    with without_downloads():  # once here, a warm-up loads it like any other load
+        assert local_base_model(REPO, settings) == str(find_pulled(settings, REPO).path)  # type: ignore[union-attr]
 
 
 def _train_on_a_worker(settings: Settings, tmp_path: Path, env: dict[str, str]) -> tuple[list[str], Job, str]:
