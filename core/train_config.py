@@ -64,7 +64,11 @@ class TrainConfig(BaseModel):
     num_class_images: int = Field(200, ge=0)
     class_sample_steps: int = Field(20, ge=1, description="DPM-Solver++ 2M steps per class image")
     class_guidance_scale: float = Field(7.5, ge=1)
-    class_batch_size: int = Field(8, ge=1)
+    class_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="class images drawn at once (default: as many as free GPU memory allows, ≤ 32)",
+    )
     # -- data -----------------------------------------------------------------------------
     resolution: int | None = Field(None, ge=8, description="default: the model's native size")
     random_flip: bool = False

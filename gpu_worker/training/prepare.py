@@ -27,7 +27,7 @@ from gpu_worker.training.layout import (
     norms_to_fp32,
     set_training_mode,
 )
-from gpu_worker.training.models import Components
+from gpu_worker.training.models import Components, dtype_for, pick_precision
 
 TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 ADAPTER = "default"
@@ -44,14 +44,20 @@ class Shape:
     train_text_encoder: bool
     gradient_checkpointing: bool
     weight_dtype: torch.dtype
-    device: str
+    device_type: str
 
     @classmethod
     def of(cls, cfg: TrainConfig, weight_dtype: torch.dtype, device: torch.device) -> Shape:
         return cls(
             cfg.method, cfg.lora_rank, float(cfg.lora_alpha or cfg.lora_rank), tuple(cfg.lora_targets),
-            cfg.train_text_encoder, cfg.gradient_checkpointing, weight_dtype, str(device),
+            cfg.train_text_encoder, cfg.gradient_checkpointing, weight_dtype, device.type,
         )  # fmt: skip
+
+    @classmethod
+    def planned(cls, cfg: TrainConfig) -> Shape:
+        """The shape a Trainer on this host will prepare for `cfg`."""
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return cls.of(cfg, dtype_for(pick_precision(cfg.mixed_precision, device)), device)
 
 
 def move_module(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:

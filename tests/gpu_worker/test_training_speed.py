@@ -16,11 +16,13 @@ import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from core.settings import Settings
 from core.train_config import build_config
 from gpu_worker.training import graphed_step, step_runner
 from gpu_worker.training.models import load_components
+from gpu_worker.training.prepare import Shape
 from gpu_worker.training.trainer import Hooks, Trainer
-from tests.helpers.training import Recorder, photo_bytes
+from tests.helpers.training import FAST, Recorder, make_trained_subject_row, photo_bytes
 
 PROMPTS = ("a photo of sks dog", "a photo of dog")
 
@@ -187,3 +189,31 @@ def test_a_compile_failure_trains_without_compile(
         t.train(Hooks())
     assert len([r for r in caplog.records if "torch.compile failed" in r.message]) == 1
     assert t.runner.unet is t.unet_p and _same(_weights(eager), _weights(t))
+
+
+@pytest.mark.usefixtures("fast_compile", "replay_graphs")
+def test_a_warmed_worker_trains_its_first_job_on_the_warmed_model_without_compiling(
+    sqlite_settings: Settings, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._dynamo.utils import counters
+
+    from gpu_worker.training import resident, warm
+    from gpu_worker.training.job import train_subject
+
+    settings = sqlite_settings.model_copy(update={"base_model": str(tiny_model_dir)})
+    config = Path(settings.data_dir) / "train.yaml"
+    config.write_text("compile: 'on'\nnum_class_images: 2\nclass_sample_steps: 2\nvalidation_images: 0\n")
+    settings = settings.model_copy(update={"train_config": str(config)})
+    resident.discard()
+    phases: list[str] = []
+    done = warm.warm(settings, phases.append)
+    assert "training step" in done["warmed"] and done["cuda_graph"] is True
+    kept = resident.components(settings, str(tiny_model_dir), Shape.planned(build_config()))
+    graphs = counters["stats"]["unique_graphs"]
+
+    sid = make_trained_subject_row(settings, tiny_model_dir)
+    result = train_subject(settings, sid, {**FAST, "compile": "on"}, Hooks())
+    assert result["steps"] == FAST["steps"]
+    assert counters["stats"]["unique_graphs"] == graphs  # the warm-up's compiled UNet, reused
+    assert resident.components(settings, str(tiny_model_dir), Shape.planned(build_config())) is kept
+    resident.discard()
