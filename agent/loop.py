@@ -152,7 +152,7 @@ class _Turn:
             except LLMBudgetExceeded as exc:
                 if not self.calls:
                     return await self.basic(text, len(photos), str(exc))
-                return await self.final(self._fallback() if self.ctx.job_ids else str(exc))
+                return await self.final(f"{exc} {self._fallback()}" if self.ctx.job_ids else str(exc))
             self.calls += 1
             if self.gate:
                 self.gate.shown = ""
@@ -165,9 +165,8 @@ class _Turn:
                 )
                 if self.calls == 1:  # nothing done yet: basic mode may still help
                     return await self.basic(text, len(photos), exc.user_message, exc.operator_message)
-                return await self.final(
-                    self._fallback() if self.ctx.job_ids else exc.user_message, exc.operator_message
-                )
+                started = f" {self._fallback()}" if self.ctx.job_ids else ""
+                return await self.final(exc.user_message + started, exc.operator_message)
             await asyncio.to_thread(self._record, done, None)
 
             parsed = parse_reply(done.text)

@@ -190,3 +190,17 @@ def test_chat_status_names_the_mode(plain: Settings, fake_llm: FakeLLM) -> None:
     assert chat_status(plain).startswith("basic mode") and "DREAMBOT_LLM_API_KEY" in chat_status(plain)
     local = plain.model_copy(update={"llm_base_url": "http://127.0.0.1:11434/v1", "llm_model": "gemma3:27b"})
     assert chat_status(local).startswith("LLM gemma3:27b at 127.0.0.1:11434")
+
+
+async def test_llm_failing_after_a_job_started_says_both_and_starts_nothing_more(
+    broken: Settings, fake_llm: FakeLLM
+) -> None:
+    world = World(add_user(broken, "alice"), add_user(broken, "bob"), 0)
+    world.conversation_id = add_conversation(broken, world.user_id)
+    rex = add_subject(broken, world.user_id, "Rex", "zwx", "dog")
+    fake_llm.call("generate_images", {"subject_ids": [rex], "prompt": "my dog on the moon"})
+    fake_llm.fail(500)
+    reply = await say(broken, world, "put my dog on the moon")
+    [job] = jobs_of(broken)  # basic mode did not draw it a second time
+    assert reply.text.startswith(UNAVAILABLE) and f"#{job.id}" in reply.text
+    assert thread(broken, world)[-1] == ("assistant", reply.text)
