@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import select
 
+from agent.chat_mode import chat_status
 from bot.cards import image_buttons, render_card
 from bot.delivery import OutMessage, Target, job_snapshot
 from bot.service import ConversationService, Origin, Reply, Upload
@@ -148,7 +149,7 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
     def page(request: Request) -> HTMLResponse:
         _require_login(request, settings)
         response = TEMPLATES.TemplateResponse(
-            request, "playground.html", {"max_upload_mb": MAX_TOTAL_BYTES // 2**20}
+            request, "playground.html", {"max_upload_mb": MAX_TOTAL_BYTES // 2**20, "chat": chat_status(settings)}
         )
         response.headers.update(SECURITY_HEADERS)
         if not _visitor(request, settings):
