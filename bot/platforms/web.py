@@ -149,7 +149,9 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
     def page(request: Request) -> HTMLResponse:
         _require_login(request, settings)
         response = TEMPLATES.TemplateResponse(
-            request, "playground.html", {"max_upload_mb": MAX_TOTAL_BYTES // 2**20, "chat": chat_status(settings)}
+            request,
+            "playground.html",
+            {"max_upload_mb": MAX_TOTAL_BYTES // 2**20, "chat": chat_status(settings)},
         )
         response.headers.update(SECURITY_HEADERS)
         if not _visitor(request, settings):
