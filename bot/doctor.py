@@ -6,11 +6,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from kombu import Connection
 from sqlalchemy import select, text
 
+from agent.chat_mode import chat_status, llm_configured
 from core import jobs, migrate
 from core.db import session_scope
 from core.dbclock import db_now
@@ -75,6 +77,8 @@ def check_storage(settings: Settings) -> Check:
 
 
 def check_llm(settings: Settings) -> Check:
+    if not llm_configured(settings):
+        return Check("llm", False, f"chat: {chat_status(settings)}", required=False)
     headers = {}
     if settings.llm_api_key is not None:
         headers["Authorization"] = f"Bearer {settings.llm_api_key.get_secret_value()}"
@@ -93,8 +97,42 @@ def check_llm(settings: Settings) -> Check:
             "llm", False, "the LLM endpoint refused the key: set DREAMBOT_LLM_API_KEY", required=False
         )
     return Check(
-        "llm", response.is_success, f"{settings.llm_base_url} answered {response.status_code}", required=False
+        "llm",
+        response.is_success,
+        f"{settings.llm_base_url} answered {response.status_code}"
+        + ("" if response.is_success else "; chat falls back to basic mode while it fails"),
+        required=False,
     )
+
+
+def check_base_model(settings: Settings) -> Check:
+    """Whether the base model is on this host (and its size), or what the first training
+    will have to download. A warning, not a failure: chat works without it."""
+    try:
+        from gpu_worker.model_status import describe_base_model
+    except ImportError as exc:  # a chat-only host without huggingface_hub
+        return Check("model", False, f"cannot check the base model here ({exc})", required=False)
+    state = describe_base_model(settings)
+    return Check("model", state.ok, state.text, required=False)
+
+
+def check_hub(settings: Settings) -> Check:
+    try:
+        from gpu_worker.model_status import hub_reachable
+    except ImportError as exc:
+        return Check("hub", False, f"cannot check the model hub here ({exc})", required=False)
+    ok, detail = hub_reachable(settings)
+    return Check("hub", ok, detail, required=False)
+
+
+def warm_state(state: str, warmup: dict[str, Any]) -> str:
+    """`ready on cuda:0 (warm-up 12.3 s)`, `warming: compiling …`, `starting`."""
+    if state == "warming":
+        return f"warming: {warmup.get('doing') or '…'}"
+    if state != "ready" or not warmup:
+        return state
+    seconds = f" (warm-up {warmup['seconds']} s)" if warmup.get("seconds") is not None else ""
+    return f"ready on {warmup.get('device', '?')}{seconds}"
 
 
 def check_workers(settings: Settings) -> Check:
@@ -102,7 +140,9 @@ def check_workers(settings: Settings) -> Check:
     try:
         with session_scope(settings) as session:
             rows = session.execute(
-                select(Worker.name, Worker.queues).where(Worker.last_seen_at >= recent)
+                select(Worker.name, Worker.queues, Worker.state, Worker.warmup).where(
+                    Worker.last_seen_at >= recent
+                )
             ).all()
     except Exception as exc:
         return Check("workers", False, f"cannot read workers ({exc})")
@@ -110,9 +150,9 @@ def check_workers(settings: Settings) -> Check:
         return Check(
             "workers", False, "no worker is running: start one with `dreambot worker` or `dreambot up`"
         )
-    queues = {q for _, qs in rows for q in qs.split(",")}
+    queues = {q for _, qs, _, _ in rows for q in qs.split(",")}
     missing = [q for q in (settings.queue_name("train"), settings.queue_name("sample")) if q not in queues]
-    detail = ", ".join(f"{n} ({q})" for n, q in rows)
+    detail = ", ".join(f"{n} ({q}; {warm_state(state, warmup or {})})" for n, q, state, warmup in rows)
     if missing:
         return Check("workers", False, f"{detail}; nobody serves {', '.join(missing)}")
     return Check("workers", True, detail)
@@ -154,6 +194,8 @@ def run_checks(settings: Settings, selftest_timeout: float = 30) -> list[Check]:
         lambda: check_storage(settings),
         lambda: check_llm(settings),
         lambda: check_workers(settings),
+        lambda: check_base_model(settings),
+        lambda: check_hub(settings),
     ]
     results = [c() for c in checks]
     db_ok, broker_ok, workers_ok = results[0].ok, results[1].ok, results[4].ok

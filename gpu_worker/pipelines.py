@@ -32,7 +32,7 @@ from core.sample_request import SampleRequest
 from core.settings import Settings
 from core.storage import storage_from_settings
 from gpu_worker.lora_cache import AdapterRef, LoraDiskCache
-from gpu_worker.model_cache import resolve_base_model
+from gpu_worker.model_fetch import local_base_model
 from gpu_worker.resident_adapters import ResidentAdapters
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,16 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
     if torch.cuda.is_available():
         return torch.device("cuda"), torch.float16
     return torch.device("cpu"), torch.float32
+
+
+def compile_wanted(settings: Settings, device: torch.device) -> bool:
+    """`DREAMBOT_SAMPLE_COMPILE`: auto compiles on a GPU only; a CPU stays eager unless asked."""
+    mode = settings.sample_compile
+    if mode in ("on", True):
+        return True
+    if mode in ("off", False):
+        return False
+    return device.type == "cuda"
 
 
 def tune_for_gpu(pipe: Any) -> None:
@@ -142,9 +152,7 @@ def _load(settings: Settings) -> Resident:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     # The name (`storage:models/sd15`) stays the key and what subjects record; only the
     # load reads the host's local copy.
-    pipe = StableDiffusionPipeline.from_pretrained(
-        resolve_base_model(settings, settings.base_model), **kwargs
-    )
+    pipe = StableDiffusionPipeline.from_pretrained(local_base_model(settings.base_model, settings), **kwargs)
     # The model's own scheduler config is kept for `make_scheduler`; `from_pretrained`
     # gives the checkpoint's default (PNDM for SD 1.5), replaced per request.
     pipe.set_progress_bar_config(disable=True)
@@ -160,7 +168,7 @@ def _load(settings: Settings) -> Resident:
     if device.type == "cuda":
         tune_for_gpu(pipe)
     pipe.vae.enable_tiling()  # big images decode in tiles: no OOM spike at 2x upscales
-    if settings.sample_compile:
+    if compile_wanted(settings, device):
         # In place (the module stays a UNet for diffusers). Adapters only change weight
         # values, never the module tree, so people swap without a recompile.
         pipe.unet.compile(**COMPILE_OPTIONS)
@@ -172,6 +180,11 @@ def _load(settings: Settings) -> Resident:
         adapters=ResidentAdapters(pipe, settings.resident_adapters),
         safety_checker=pipe.safety_checker,
     )
+
+
+def warm(resident: Resident, settings: Settings, report: Callable[[str], None]) -> dict[str, Any]:
+    """Warm the resident pipeline before the first job; returns what was warmed."""
+    return {"model": settings.base_model, "device": str(resident.device), "warmed": ["base model"]}
 
 
 @dataclass(frozen=True)
