@@ -63,15 +63,22 @@ class Settings(BaseSettings):
         None,
         description="cookie-signing secret, ≥32 chars; required when WEB_HOST is not loopback (else generated into DATA_DIR)",
     )
+    trusted_proxies: str = Field(
+        "",
+        description="comma-separated addresses/networks of reverse proxies whose X-Forwarded-For/-Proto are believed (default: none)",
+    )
     console_database_url: str = Field(
         "",
-        description="database URL for the dashboard's SQL console (a read-only role); default the main one",
+        description="database URL for the dashboard's SQL console; on PostgreSQL a read-only role (`dreambot admin console-role` prints it), else the console is off",
     )
     metrics_token: SecretStr | None = Field(
         None, description="bearer token Prometheus must send for /metrics (default: no token asked)"
     )
     console_time_limit: float = Field(5.0, gt=0, description="seconds one SQL console statement may run")
     console_row_limit: int = Field(1000, ge=1, description="rows the SQL console shows (and exports) at most")
+    console_byte_limit: int = Field(
+        2_000_000, ge=10_000, description="bytes of results the SQL console shows (and exports) at most"
+    )
 
     # -- LLM (any OpenAI-compatible endpoint) ----------------------------------------------
     llm_base_url: str = Field(
@@ -144,8 +151,9 @@ class Settings(BaseSettings):
     # -- diffusion ------------------------------------------------------------------------
     base_model: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        description="Stable Diffusion base model: a hub id, a local folder, or storage:<key prefix> "
-        "(published with `dreambot model publish`; copied once to each worker's model cache)",
+        description="Stable Diffusion base model: a hub id (downloaded once per host on first use, or ahead "
+        "with `dreambot model pull`), a local folder, or storage:<key prefix> (published with `dreambot "
+        "model publish`; copied once to each worker's model cache)",
     )
     train_config: Path | None = Field(
         None, description="YAML/JSON file with deployment-wide training defaults"
@@ -181,7 +189,9 @@ class Settings(BaseSettings):
     )
     lora_cache_bytes: int = Field(4 * 1024**3, ge=0, description="LoRA disk cache size limit in bytes")
     model_cache_dir: Path | None = Field(
-        None, description="local copies of storage: base models; default <data_dir>/model-cache"
+        None,
+        description="local copies of base models (storage: ones, and hub ones under hub/); default "
+        "<data_dir>/model-cache",
     )
     model_cache_bytes: int = Field(
         40 * 1024**3, ge=0, description="base model disk cache size limit in bytes (fit two models at least)"

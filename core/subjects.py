@@ -1,13 +1,13 @@
 """Subjects: creating one from photos and starting its training, in one place.
 
 `/train` in chat, the agent's `train_subject` tool and the CLI all call `start_training`,
-so the rules (3–10 valid photos, a unique name, a rare token unique among the person's
-subjects, quotas, idempotency on the platform event) live here once.
+so the rules (3–10 valid photos, a name and class noun as `core.names` allows them, a
+unique name, a rare token unique among the person's subjects, quotas, idempotency on the
+platform event) live here once.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,26 +18,20 @@ from core.db import session_scope
 from core.dbclock import db_now
 from core.errors import UserFacingError
 from core.models import Job, Subject, User
-from core.photos import store_subject_photos, validate_photo
+from core.names import kind_of, subject_names
+from core.photos import check_photo, store_subject_photos
 from core.quotas import check_job_quota
 from core.settings import Settings
 from core.storage import storage_from_settings
 
 MIN_PHOTOS, MAX_PHOTOS = 3, 10
 RARE_TOKENS = ("zwx", "sks", "ohwx", "qzv", "vkb", "xjy", "pqd", "wlx", "tzk", "bfy")
-PET_NOUNS = {"dog", "cat", "puppy", "kitten", "horse", "rabbit", "bird", "parrot", "hamster", "pet"}
-PERSON_NOUNS = {
-    "person", "man", "woman", "boy", "girl", "child", "kid", "baby", "guy", "lady",
-    "people", "human", "me", "myself", "selfie", "teen", "toddler",
-    "adult", "husband", "wife", "son", "daughter", "mother", "father", "mom", "dad", "friend",
-}  # fmt: skip
 # What a person confirms before photos of a person are used. Stored with the subject.
 # The class noun (or the agent's subject_kind) decides; there is no face detector.
 CONSENT_TEXT = (
     "I have the right to use these photos: they show me, or the person in them agreed "
     "to me training a model of them."
 )
-NAME_RE = re.compile(r"^[\w][\w .'-]{0,39}$")
 
 
 class SubjectError(UserFacingError):
@@ -54,12 +48,6 @@ class TrainingStarted:
     job_id: int
     token: str
     existing: bool  # this event had already started it (a retry or double click)
-
-
-def kind_of(class_noun: str) -> str:
-    """object | pet | person: picks the training preset."""
-    noun = class_noun.lower().strip()
-    return "pet" if noun in PET_NOUNS else "person" if noun in PERSON_NOUNS else "object"
 
 
 def pick_token(used: set[str]) -> str:
@@ -104,9 +92,7 @@ def start_training(
     A person (by class noun or `subject_kind`) needs `consent=True`: the uploader confirmed
     `CONSENT_TEXT`, recorded on the subject with when and by whom.
     """
-    name, class_noun = name.strip(), (class_noun.strip().lower() or "object")
-    if not NAME_RE.match(name):
-        raise SubjectError("Pick a short name for your subject (letters, digits, spaces; up to 40).")
+    name, class_noun = subject_names(name, class_noun)  # or NameRefused
     if not consent and "person" in (kind_of(class_noun), subject_kind):
         raise ConsentRequired(
             f"“{name}” is a person, so I need your confirmation first: {CONSENT_TEXT} "
@@ -114,8 +100,8 @@ def start_training(
             "set consent to yes, or just tell me in the chat)."
         )
     check_photo_count(len(photos))
-    for data, filename in photos:  # reject before creating anything
-        validate_photo(data, filename)
+    for data, filename in photos:  # reject before creating anything, one photo in memory at a time
+        check_photo(data, filename)
     with session_scope(settings) as session:
         if idempotency_key and (
             job := session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
@@ -145,7 +131,7 @@ def start_training(
         session.flush()
         subject_id, token = subject.id, subject.token
     try:
-        store_subject_photos(settings, subject_id, photos)
+        store_subject_photos(settings, subject_id, photos, checked=True)
         job = jobs.submit(
             settings,
             kind="train",

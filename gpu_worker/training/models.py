@@ -53,13 +53,9 @@ def load_components(base_model: str, settings: Settings | None = None) -> Compon
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from core.errors import UserFacingError
-    from gpu_worker.model_cache import is_storage_model, resolve_base_model
+    from gpu_worker.model_fetch import local_base_model
 
-    path = base_model
-    if is_storage_model(base_model):
-        from core.settings import get_settings
-
-        path = resolve_base_model(settings or get_settings(), base_model)
+    path = local_base_model(base_model, settings)  # hub: downloaded once; storage: copied once
     try:
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
@@ -103,9 +99,12 @@ def want_8bit_adam(setting: str, method: str, device: torch.device) -> bool:
 def make_optimizer(
     params: list[dict[str, Any]], *, eight_bit: bool, device: torch.device, **kwargs: Any
 ) -> torch.optim.Optimizer:
+    """AdamW, fused: one kernel per group. Its learning rates are tensors on the device that
+    the scheduler updates in place, so a CUDA graph of the step sees each new rate (and an
+    eager run computes exactly what a graphed one does)."""
     if eight_bit:
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(params, **kwargs)
-    # The fused kernel does the whole update in one launch per group on CUDA.
-    return torch.optim.AdamW(params, fused=device.type == "cuda", **kwargs)
+    params = [{**g, "lr": torch.tensor(float(g["lr"]), device=device)} for g in params]
+    return torch.optim.AdamW(params, fused=True, capturable=device.type == "cuda", **kwargs)

@@ -117,8 +117,21 @@ function render(item) {
   return card;
 }
 
+const MAX_UPLOAD_MB = Number(document.body.dataset.maxUploadMb);
+const TOO_LARGE = `These photos are too large together; please send at most ${MAX_UPLOAD_MB} MB at once.`;
+
+function uploadBytes(data) {
+  let total = 0;
+  for (const value of data.values()) if (value instanceof File) total += value.size;
+  return total;
+}
+
 // POST a form; the JSON reply, or null after telling the person what went wrong.
 async function send(url, data) {
+  if (uploadBytes(data) > MAX_UPLOAD_MB * 1024 * 1024) {  // the server would refuse it unread
+    note(TOO_LARGE, {role: "error"});
+    return null;
+  }
   data.append("event_id", crypto.randomUUID());
   let res;
   try {
@@ -129,7 +142,9 @@ async function send(url, data) {
   }
   const reply = await res.json().catch(() => ({}));
   if (!res.ok) {
-    const detail = typeof reply.detail === "string" ? reply.detail : "Something went wrong; please try again.";
+    // A body over the server's limit is cut off before any of our code runs: say it here.
+    const fallback = res.status === 413 ? TOO_LARGE : "Something went wrong; please try again.";
+    const detail = typeof reply.detail === "string" ? reply.detail : fallback;
     note(detail, {role: "error"});
     return null;
   }
