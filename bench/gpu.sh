@@ -52,13 +52,13 @@ export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 say "host: $(nvidia-smi -L 2>/dev/null | head -1 || echo CPU) | $($PY -c 'import torch,diffusers;print("torch",torch.__version__,"diffusers",diffusers.__version__)')"
 
 MODEL=/tmp/sd15; TRAIN_ARGS=(--steps ${S1:-30} ${S2:-130} --res 512); SAMPLE_ARGS=(); PROFILE_ARGS=()
-SAMPLE_PROFILE_ARGS=(); SAMPLE_WORK=/tmp/bench-sample-$$; SAMPLE_PROFILE_CAP=60
+SAMPLE_PROFILE_ARGS=(); SAMPLE_WORK=/tmp/bench-sample-$$; SAMPLE_PROFILE_CAP=55; SAMPLE_CAP=215
 if [ "$TINY" = 1 ]; then
   MODEL=/tmp/sd15-tiny; TRAIN_ARGS=(--steps 4 12 --res 64 --n-class 6 --batch 2); PROFILE_ARGS=(--res 64)
   # The CPU has no default fast path: ask for it, with dynamo's eager backend (inductor takes
   # minutes per graph on a small CPU); slow shared CPUs get longer item timeouts.
   SAMPLE_ARGS=(--res 64 --steps 4 --n1 2 --n4 1 --compile on --backend eager --cap-scale 4)
-  SAMPLE_PROFILE_ARGS=(--compile on --backend eager); SAMPLE_PROFILE_CAP=150
+  SAMPLE_PROFILE_ARGS=(--compile on --backend eager); SAMPLE_PROFILE_CAP=150; SAMPLE_CAP=400
 fi
 build=(.gpu/make_model.py "$MODEL"); [ "$TINY" = 1 ] && build+=(--tiny)
 [ -f "$MODEL/bench_model_ok.json" ] || bounded 150 "$PY" "${build[@]}"
@@ -83,7 +83,7 @@ why() {  # WHAT CAP [ARGS]: torch.profiler tables of our step (where the time go
 case "$PART" in
   train) train 300 lora; why train 100; train 240 full ;;
   # The sampling profile reads the compile store the benchmark filled (no compiling).
-  sample) sample 240; why sample "$SAMPLE_PROFILE_CAP" --store "$SAMPLE_WORK/storage" "${SAMPLE_PROFILE_ARGS[@]}" ;;
-  *) train 280 lora; sample 240; train 200 full ;;
+  sample) sample "$SAMPLE_CAP"; why sample "$SAMPLE_PROFILE_CAP" --store "$SAMPLE_WORK/storage" "${SAMPLE_PROFILE_ARGS[@]}" ;;
+  *) train 280 lora; sample "$SAMPLE_CAP"; train 200 full ;;
 esac
 say "done; JSON in $OUT"

@@ -136,7 +136,13 @@ def ours(args: argparse.Namespace, item: str, rec: Record) -> None:
     resident = pipelines.get_resident(settings)
     sync()
     rec["loaded_s"] = round(time.time() - T0, 2)
-    rec["warmup"] = pipelines.warm(resident, settings, lambda doing: print(f"  warming: {doing}", flush=True))
+    steps: list[tuple[float, str]] = []
+
+    def report(doing: str) -> None:  # recorded as it goes: a warm-up cut off still says how far it got
+        steps.append((round(time.time() - T0, 2), doing))
+        rec["warm_steps"] = steps
+
+    rec["warmup"] = pipelines.warm(resident, settings, report)
     rec["ready_s"] = round(time.time() - T0, 2)
 
     def draw(n: int, ref: AdapterRef | None, source: Any = None, **extra: Any) -> Any:
@@ -153,7 +159,8 @@ def ours(args: argparse.Namespace, item: str, rec: Record) -> None:
     rec["vary_first_s"] = round(timed(lambda: draw(1, refs[0], source, variation_of=1)), 3)
     rec["upscale_first_s"] = round(timed(lambda: draw(1, refs[0], source, upscale_of=1)), 3)
     if resident.fast is not None:
-        rec["background_builds_done"] = resident.fast.builder.idle.wait(args.build_wait)
+        wait = max(5.0, args.deadline - time.time()) if args.deadline else 60.0
+        rec["background_builds_done"] = resident.fast.builder.idle.wait(wait)
         rec["builds_done_s"] = round(time.time() - T0, 2)
         resident.fast.save()
         rec["served_so_far"] = resident.fast.served()
@@ -186,6 +193,7 @@ def steady(
 
 def unet_flops(resident: Any, res: int) -> float:
     """FLOPs of one UNet evaluation for one image (CFG doubles it per step)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     unet = resident.pipe.unet
@@ -194,7 +202,8 @@ def unet_flops(resident: Any, res: int) -> float:
     context = torch.zeros(
         1, 77, unet.config.cross_attention_dim, device=resident.device, dtype=resident.dtype
     )
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    # Attention as plain matmuls, so every backend's FLOPs are counted the same way.
+    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         type(unet).forward(unet, x, torch.tensor(500.0, device=resident.device), context)
     return float(counter.get_total_flops())
 
@@ -215,7 +224,7 @@ def main() -> int:
     ap.add_argument(
         "--backend", default="", help="torch.compile backend (default inductor; CPU dry runs: eager)"
     )
-    ap.add_argument("--build-wait", type=float, default=120, help="seconds to wait for background builds")
+    ap.add_argument("--deadline", type=float, default=0, help="wall-clock time to stop waiting for builds by")
     args = ap.parse_args()
     rec = Record(args.out)
     rec["device"] = torch.cuda.get_device_name() if CUDA else "cpu"

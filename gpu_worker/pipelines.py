@@ -203,10 +203,11 @@ def warm(resident: Resident, settings: Settings, report: Callable[[str], None]) 
         for n in batches:
             report(f"compiling batch {n} at {resident.native_size} px")
             _warm_draw(resident, settings, n, upscale=False)
+            fast.save()  # after each shape: a warm-up cut short still leaves its compiles to the fleet
         if upscale:
             report(f"compiling the 2x upscale of {resident.native_size} px")
             _warm_draw(resident, settings, 1, upscale=True)
-    fast.save()
+            fast.save()
     # The UNet is the compile that takes minutes; the decoder's other sizes only capture.
     later, later_upscale = warm_shapes(settings.sample_warm_later)
     latent = int(resident.pipe.unet.config.sample_size)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bot.doctor import check_workers
+from bot.platforms.web import timeline
 from core import jobs, metrics, stats
 from core.db import dispose_engines, session_scope
 from core.models import Job, Worker
@@ -83,6 +84,7 @@ def test_warm_states_show_in_metrics_doctor_and_the_playground(settings: Setting
     )
     with session_scope(settings) as session:
         assert stats.picture_status(session, settings) == "pictures: ready on cuda:0"
+    assert timeline(settings, "visitor")["pictures"] == "pictures: ready on cuda:0"  # the status line's
 
 
 @pytest.mark.slow
