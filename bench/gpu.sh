@@ -82,7 +82,7 @@ sample() {  # CAP: its items share the budget, each under its own timeout (bench
   bounded "$t" "$PY" bench/sample.py --model "$MODEL" "${SAMPLE_ARGS[@]}" --budget $(( t - 10 )) \
     --work "$SAMPLE_WORK" --out "$OUT/sample.json"
 }
-# PART=train | sample | all. "all" runs what matters most first: a device call cut short by its
+# PART=train | sample | full | all. "all" runs what matters most first: a device call cut short by its
 # time limit loses the end (the full fine-tune), never the LoRA job path or sampling.
 PART=${PART:-all}
 why() {  # WHAT CAP [ARGS]: torch.profiler tables of our step (where the time goes)
@@ -94,6 +94,7 @@ why_sample() { why sample "$SAMPLE_PROFILE_CAP" --store "$SAMPLE_WORK/storage" "
 case "$PART" in
   train) train_job 280; reference 100 lora ref "$S_REF"; reference 200 full ours,ref "$S_FULL" ;;
   sample) sample "$SAMPLE_CAP"; why_sample ;;
-  *) train_job 260; reference 90 lora ref "$S_REF"; sample "$SAMPLE_CAP"; reference 160 full ours,ref "$S_FULL" ;;
+  full) reference 200 full ours,ref "$S_FULL" ;;
+  *) train_job 250; reference 85 lora ref "$S_REF"; sample "$SAMPLE_CAP"; reference 160 full ours,ref "$S_FULL" ;;
 esac
 say "done; JSON in $OUT"
