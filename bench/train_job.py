@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -61,6 +62,7 @@ def make_settings(work: Path, model: str, tiny: bool) -> Any:
     from core import migrate
     from core.settings import load_settings
 
+    shutil.rmtree(work / "var", ignore_errors=True)  # a fresh worker host: no database, storage or caches
     config = work / "train.yaml"
     config.write_text(
         "validation_images: 4\n" if not tiny else "validation_images: 1\nclass_sample_steps: 2\n"
