@@ -138,7 +138,7 @@ def render_card(job: JobSnapshot) -> Card:
     title = _title(job)
     if job.status == "queued":
         place = f"queued #{job.queue_position}" if job.queue_position else "queued"
-        return Card(f"{title} — {place}")
+        return Card(f"{title} — {place}", preview=_preview(job.progress))  # a training: its photo crops
     if job.status == "running":
         pct = _percent(job.progress)
         phase = job.progress.get("phase")

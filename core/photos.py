@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -150,19 +150,26 @@ def photo_key(subject_id: int, n: int) -> str:
 
 
 def store_subject_photos(
-    settings: Settings, subject_id: int, photos: Iterable[tuple[bytes, str]], *, min_side: int = MIN_SIDE
+    settings: Settings,
+    subject_id: int,
+    photos: Iterable[tuple[bytes, str]],
+    *,
+    min_side: int = MIN_SIDE,
+    crops: Sequence[Sequence[int] | None] = (),
 ) -> list[StoredPhoto]:
     """Validate every photo first (all or nothing), then store each as an upright JPEG
     under `subjects/{id}/photos/{n}.jpg` with a `Photo` row. Raises `PhotoRejected` for
-    the first bad one, before anything is stored."""
+    the first bad one, before anything is stored. `crops`: each photo's square training
+    crop (the photo coach's), kept on its row."""
     images = [(validate_photo(data, name, min_side=min_side), name) for data, name in photos]
+    boxes = [list(box) if box else None for box in crops] + [None] * (len(images) - len(crops))
     storage = storage_from_settings(settings)
     stored: list[StoredPhoto] = []
     with session_scope(settings) as session:
         count = session.scalar(select(func.count(Photo.id)).where(Photo.subject_id == subject_id)) or 0
         taken = set(session.scalars(select(Photo.storage_key).where(Photo.subject_id == subject_id)))
         n = count
-        for image, _name in images:
+        for (image, _name), box in zip(images, boxes, strict=False):
             while photo_key(subject_id, n) in taken:
                 n += 1
             key = photo_key(subject_id, n)
@@ -175,6 +182,7 @@ def store_subject_photos(
                 bytes=len(data),
                 width=image.width,
                 height=image.height,
+                crop=box,
             )
             session.add(row)
             session.flush()

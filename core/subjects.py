@@ -7,6 +7,7 @@ subjects, quotas, idempotency on the platform event) live here once.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from core.db import session_scope
 from core.dbclock import db_now
 from core.errors import UserFacingError
 from core.models import Job, Subject, User
+from core.photo_quality import PhotoReport, PhotoThresholds, check_photos
 from core.photos import store_subject_photos, validate_photo
 from core.quotas import check_job_quota
 from core.settings import Settings
@@ -46,6 +48,16 @@ class SubjectError(UserFacingError):
 
 class ConsentRequired(SubjectError):
     """Photos of a person without the uploader's confirmation: nothing was created."""
+
+
+class PhotosNeedConfirmation(SubjectError):
+    """The photo coach found something to point out and the person has not said "train
+    anyway" yet: nothing was created. The message is the set summary and the question;
+    `report` has each photo's verdict for surfaces that show more."""
+
+    def __init__(self, report: PhotoReport) -> None:
+        super().__init__(f"{report.summary} Train anyway?")
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,25 @@ def check_photo_count(n: int) -> None:
         raise SubjectError(f"Please send at most {MAX_PHOTOS} photos (you sent {n}).")
 
 
+def coach_photos(
+    settings: Settings, photos: Sequence[tuple[bytes, str]], class_noun: str, subject_kind: str | None = None
+) -> PhotoReport:
+    """The photo coach's report on photos that passed `validate_photo`: what every surface
+    shows before training (and `describe_photos` gives the agent)."""
+    person = "person" in (kind_of(class_noun or "object"), subject_kind)
+    return check_photos(photos, person=person, limits=PhotoThresholds.from_settings(settings), strip=True)
+
+
+def check_distinct(report: PhotoReport) -> None:
+    if len(report.kept) < MIN_PHOTOS:
+        copies = len(report.photos) - len(report.kept)
+        raise SubjectError(
+            f"{copies} of your {len(report.photos)} photos are copies of another, which leaves "
+            f"{len(report.kept)} different ones; I need at least {MIN_PHOTOS}. "
+            "Please add photos from other angles or places."
+        )
+
+
 def start_training(
     settings: Settings,
     *,
@@ -96,6 +127,7 @@ def start_training(
     config: dict[str, object] | None = None,
     consent: bool = False,
     keep_photos: bool = False,
+    confirmed: bool = False,
 ) -> TrainingStarted:
     """Validate the photos, create the subject with its photos, and submit its training.
 
@@ -103,6 +135,10 @@ def start_training(
     photo and no job behind. Raises `UserFacingError` subclasses with friendly messages.
     A person (by class noun or `subject_kind`) needs `consent=True`: the uploader confirmed
     `CONSENT_TEXT`, recorded on the subject with when and by whom.
+
+    The photo coach checks the photos first (`coach_photos`): anything it points out raises
+    `PhotosNeedConfirmation` unless `confirmed` (the person said "train anyway"). Photos it
+    drops as copies are not stored; the others are stored with their training crop.
     """
     name, class_noun = name.strip(), (class_noun.strip().lower() or "object")
     if not NAME_RE.match(name):
@@ -116,6 +152,10 @@ def start_training(
     check_photo_count(len(photos))
     for data, filename in photos:  # reject before creating anything
         validate_photo(data, filename)
+    report = coach_photos(settings, photos, class_noun, subject_kind)
+    check_distinct(report)
+    if report.needs_confirmation and not confirmed:
+        raise PhotosNeedConfirmation(report)
     with session_scope(settings) as session:
         if idempotency_key and (
             job := session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
@@ -145,7 +185,9 @@ def start_training(
         session.flush()
         subject_id, token = subject.id, subject.token
     try:
-        store_subject_photos(settings, subject_id, photos)
+        store_subject_photos(
+            settings, subject_id, [photos[i] for i in report.kept], crops=report.kept_crops()
+        )
         job = jobs.submit(
             settings,
             kind="train",
@@ -157,11 +199,19 @@ def start_training(
                 "subject_kind": subject_kind or kind_of(class_noun),
                 **({"config": config} if config else {}),
             },
+            progress=_strip_preview(report),
         )
     except BaseException:
         delete_subject(settings, subject_id)
         raise
     return TrainingStarted(subject_id, job.id, token, False)
+
+
+def _strip_preview(report: PhotoReport) -> dict[str, str]:
+    """The card's picture until training reports its own: the crops it will learn from."""
+    if not report.strip:
+        return {}
+    return {"preview": "data:image/jpeg;base64," + base64.b64encode(report.strip).decode()}
 
 
 def delete_subject(settings: Settings, subject_id: int) -> int:
