@@ -114,6 +114,13 @@ class PhotoReport(BaseModel):
     def kept_crops(self) -> list[tuple[int, int, int, int]]:
         return [self.photos[i].crop for i in self.kept]
 
+    def question(self) -> str:
+        """What every surface asks before training: the summary, a line for each photo with
+        something to say, and "Train anyway?"."""
+        lines = [self.summary]
+        lines += [f"• {s.filename}: {s.reason}" for s in self.photos if s.verdict != "ok"]
+        return "\n".join([*lines, "Train anyway?"])
+
 
 @dataclass
 class _Measured:

@@ -56,7 +56,7 @@ class PhotosNeedConfirmation(SubjectError):
     `report` has each photo's verdict for surfaces that show more."""
 
     def __init__(self, report: PhotoReport) -> None:
-        super().__init__(f"{report.summary} Train anyway?")
+        super().__init__(report.question())
         self.report = report
 
 
@@ -66,6 +66,7 @@ class TrainingStarted:
     job_id: int
     token: str
     existing: bool  # this event had already started it (a retry or double click)
+    photos: int = 0  # photos it trains on (copies the coach dropped are not)
 
 
 def kind_of(class_noun: str) -> str:
@@ -204,7 +205,7 @@ def start_training(
     except BaseException:
         delete_subject(settings, subject_id)
         raise
-    return TrainingStarted(subject_id, job.id, token, False)
+    return TrainingStarted(subject_id, job.id, token, False, len(report.kept))
 
 
 def _strip_preview(report: PhotoReport) -> dict[str, str]:

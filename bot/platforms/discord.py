@@ -26,7 +26,7 @@ from discord import app_commands
 
 from bot.cards import parse_forget_id
 from bot.platforms import discord_commands
-from bot.platforms.discord_commands import ConsentView
+from bot.platforms.discord_commands import ConsentView, PhotoCheckView
 from bot.platforms.discord_convert import (
     clip,
     interaction_origin,
@@ -156,6 +156,7 @@ class DiscordAdapter:
         *,
         consent: bool = False,
         keep_photos: bool = False,
+        confirmed: bool = False,
     ) -> None:
         if not await self.defer(interaction):
             return
@@ -165,7 +166,7 @@ class DiscordAdapter:
         thread = await self._training_thread(interaction, name)
         origin = interaction_origin(interaction, thread_id=str(thread.id) if thread else None)
         reply = await self.service.train(
-            origin, name, class_noun, uploads, consent=consent, keep_photos=keep_photos
+            origin, name, class_noun, uploads, consent=consent, keep_photos=keep_photos, confirmed=confirmed
         )
         if thread is not None and not reply.job_ids:  # refused or a redelivery: no empty thread
             with contextlib.suppress(discord.HTTPException):
@@ -176,6 +177,10 @@ class DiscordAdapter:
             text = f"{reply.text}\n{ASK_CONSENT}"
             view = ConsentView(self, interaction.user.id, name, class_noun, photos, keep_photos)
             await self.answer(interaction, replace(reply, text=text), view=view)
+            return
+        if reply.photo_check is not None:  # the coach asks first: "Train anyway" trains (a new event)
+            args = (name, class_noun, photos, consent, keep_photos)
+            await self.answer(interaction, reply, view=PhotoCheckView(self, interaction.user.id, *args))
             return
         text = reply.text + (f"\nFollow along in {thread.mention}." if thread and reply.job_ids else "")
         await self.answer(interaction, replace(reply, text=text))

@@ -155,3 +155,51 @@ class ConsentView(discord.ui.View):
         self.stop()  # one training per confirmation, even when pressed twice
         name, class_noun, photos, keep_photos = self.train_args
         await self.adapter.train(interaction, name, class_noun, photos, consent=True, keep_photos=keep_photos)
+
+
+class PhotoCheckView(discord.ui.View):
+    """ "Train anyway" / "Cancel" under the photo coach's question (/train's photos have
+    something to point out). Like `ConsentView` the attachments wait here, in discord.py's
+    memory, for 15 minutes; "Train anyway" trains them as a new interaction, with
+    `confirmed=True`, and "Cancel" closes the question. Nothing was created before."""
+
+    def __init__(
+        self,
+        adapter: DiscordAdapter,
+        owner_id: int,
+        name: str,
+        class_noun: str,
+        photos: list[discord.Attachment],
+        consent: bool,
+        keep_photos: bool,
+    ) -> None:
+        super().__init__(timeout=15 * 60)
+        self.adapter, self.owner_id = adapter, owner_id
+        self.train_args = (name, class_noun, photos, consent, keep_photos)
+        key = uuid.uuid4().hex
+        for label, style, callback in (
+            ("Train anyway", discord.ButtonStyle.primary, self._anyway),
+            ("Cancel", discord.ButtonStyle.secondary, self._cancel),
+        ):
+            button: discord.ui.Button[PhotoCheckView] = discord.ui.Button(
+                label=label, style=style, custom_id=f"photos:{label.split()[0].lower()}:{key}"
+            )
+            button.callback = callback  # type: ignore[method-assign]
+            self.add_item(button)
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:  # type: ignore[override]
+        return interaction.user.id == self.owner_id  # only the uploader decides
+
+    async def _anyway(self, interaction: discord.Interaction) -> None:
+        self.stop()  # one training per answer, even when pressed twice
+        name, class_noun, photos, consent, keep_photos = self.train_args
+        await self.adapter.train(
+            interaction, name, class_noun, photos, consent=consent, keep_photos=keep_photos, confirmed=True
+        )
+
+    async def _cancel(self, interaction: discord.Interaction) -> None:
+        self.stop()
+        await interaction.response.edit_message(content=CANCELLED, view=None)
+
+
+CANCELLED = "Cancelled: nothing was trained. Run /train again with other photos whenever you like."

@@ -14,6 +14,9 @@ What runs where:
 - /imagine likewise starts a thread; /models, /jobs, /cancel, /quota answer ephemerally.
 - App mentions, DMs and messages in threads dreambot is part of go to the agent.
 - Buttons (block actions whose action_id is the card's custom_id) go to `service.press`.
+- When the photo coach has something to say about /train's photos, the answer is a private
+  question with "Train anyway" / "Cancel" (`photos:train:<key>`); the downloaded photos
+  wait in memory for 15 minutes (like an open modal), and "Train anyway" trains them.
 Job cards and images are posted by delivery through `SlackPoster` (bot/platforms/slack_poster.py).
 """
 
@@ -24,6 +27,7 @@ import contextlib
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import replace
 from typing import Any
@@ -50,6 +54,7 @@ from bot.cards import Button
 from bot.platforms.slack_convert import (
     TRAIN_CALLBACK,
     DownloadRefused,
+    TrainForm,
     action_origin,
     command_origin,
     download,
@@ -59,7 +64,7 @@ from bot.platforms.slack_convert import (
     train_values,
 )
 from bot.platforms.slack_poster import SlackPoster, blocks_for, slack_error
-from bot.service import ConversationService, Origin, Reply
+from bot.service import ConversationService, Origin, Reply, Upload
 from core.db import session_scope
 from core.errors import UserFacingError
 from core.models import Conversation
@@ -72,6 +77,9 @@ ACKED = "dreambot_acked"  # context key: an asyncio.Event set once Slack has our
 ACK_WAIT = 5.0  # seconds a listener waits for that (it is milliseconds in practice)
 IMAGINE_USAGE = "Tell me what to draw, e.g. `/imagine Rex on the moon, watercolor`."
 CANCEL_USAGE = "Which job? e.g. `/cancel 12` (see `/jobs`)."
+PHOTO_QUESTION_LIFETIME = 15 * 60.0  # seconds /train's photos wait for "Train anyway"
+PHOTOS_CANCELLED = "Cancelled: nothing was trained. Run /train again with other photos whenever you like."
+PHOTOS_EXPIRED = "That question has expired; please run /train again."
 
 
 class SlackAdapter:
@@ -102,6 +110,8 @@ class SlackAdapter:
         )
         self.poster = SlackPoster(self.client)
         self._session: aiohttp.ClientSession | None = None
+        # /train photos waiting for "Train anyway": key -> (deadline, origin, form, uploads)
+        self._asked: dict[str, tuple[float, Origin, TrainForm, list[Upload]]] = {}
         self._register(self.app)
 
     # -- serving -----------------------------------------------------------------------------
@@ -165,6 +175,7 @@ class SlackAdapter:
         for name in ("/models", "/jobs", "/cancel", "/quota", "/forget"):
             app.command(name)(self._on_command)
         app.action(re.compile(r"^db:"))(self._on_button)
+        app.action(re.compile(r"^photos:"))(self._on_photo_answer)
 
     async def _on_mention(
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
@@ -228,13 +239,63 @@ class SlackAdapter:
         except DownloadRefused as exc:
             await self._say(origin, str(exc), ephemeral=True)
             return
-        headline = f"📸 <@{user['id']}> is teaching me *{form.name}* with {len(uploads)} photos."
-        await self._in_new_thread(
-            origin,
-            headline,
-            lambda o: self.service.train(
-                o, form.name, form.class_noun, uploads, consent=form.consent, keep_photos=form.keep_photos
-            ),
+        await self._train(origin, form, uploads)
+
+    async def _train(
+        self, origin: Origin, form: TrainForm, uploads: list[Upload], confirmed: bool = False
+    ) -> None:
+        """Train in a new thread; when the photo coach asks first, the question goes to the
+        person privately with "Train anyway" / "Cancel" and the photos wait for the answer."""
+
+        async def call(where: Origin) -> Reply:
+            reply = await self.service.train(
+                where,
+                form.name,
+                form.class_noun,
+                uploads,
+                consent=form.consent,
+                keep_photos=form.keep_photos,
+                confirmed=confirmed,
+            )
+            if reply.photo_check is None:
+                return reply
+            key = self._keep_asking(origin, form, uploads)
+            anyway = Button("Train anyway", f"photos:train:{key}", "primary")
+            return replace(reply, buttons=[anyway, Button("Cancel", f"photos:cancel:{key}")])
+
+        headline = f"📸 <@{origin.user_id}> is teaching me *{form.name}* with {len(uploads)} photos."
+        await self._in_new_thread(origin, headline, call)
+
+    def _keep_asking(self, origin: Origin, form: TrainForm, uploads: list[Upload]) -> str:
+        now = time.monotonic()
+        for stale in [k for k, (deadline, *_) in self._asked.items() if deadline < now]:
+            del self._asked[stale]
+        key = uuid.uuid4().hex
+        self._asked[key] = (now + PHOTO_QUESTION_LIFETIME, origin, form, uploads)
+        return key
+
+    async def _on_photo_answer(
+        self, ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any, context: AsyncBoltContext
+    ) -> None:
+        """ "Train anyway" or "Cancel" under the photo coach's question (only the uploader's
+        press counts; each question is answered once)."""
+        await ack()
+        await after_ack(context)
+        _, answer, key = str(action["action_id"]).split(":", 2)
+        asked = self._asked.get(key)
+        if asked is None or asked[0] < time.monotonic():
+            await respond(text=PHOTOS_EXPIRED, response_type="ephemeral", replace_original=True)
+            return
+        _, origin, form, uploads = asked
+        if body["user"]["id"] != origin.user_id:
+            return
+        del self._asked[key]
+        if answer == "cancel":
+            await respond(text=PHOTOS_CANCELLED, response_type="ephemeral", replace_original=True)
+            return
+        await respond(delete_original=True)
+        await self._train(
+            replace(origin, event_id=action_origin(body).event_id), form, uploads, confirmed=True
         )
 
     async def _on_imagine(
@@ -318,7 +379,7 @@ class SlackAdapter:
         if reply.duplicate or not reply.job_ids:
             await self.client.chat_delete(channel=channel, ts=ts)  # nothing will follow in it
             if not reply.duplicate:
-                await self._say(origin, reply.text, ephemeral=True)
+                await self._say(origin, reply.text, ephemeral=True, buttons=reply.buttons)
             return
         await self._say(replace(origin, channel_id=channel, thread_id=ts), reply.text)
 

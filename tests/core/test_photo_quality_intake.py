@@ -50,7 +50,11 @@ def test_warnings_stop_training_until_confirmed_and_copies_are_not_trained_on(
     ]
     with pytest.raises(PhotosNeedConfirmation) as asked:
         start_training(settings, owner_id=user, name="Rex", class_noun="dog", photos=photos)
-    assert str(asked.value) == "1 of 4 photos is a copy of another — 3 photos will be used. Train anyway?"
+    assert str(asked.value).splitlines() == [
+        "1 of 4 photos is a copy of another — 3 photos will be used.",
+        "• a-copy.jpg: This photo is a copy of photo 1 and looks blurry — only one of them is trained on.",
+        "Train anyway?",
+    ]
     assert [s.verdict for s in asked.value.report.photos] == ["ok", "ok", "drop", "ok"]
     assert count(settings, Subject) == count(settings, Job) == count(settings, Photo) == 0
 
