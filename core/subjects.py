@@ -34,7 +34,7 @@ PERSON_NOUNS = {
     "adult", "husband", "wife", "son", "daughter", "mother", "father", "mom", "dad", "friend",
 }  # fmt: skip
 # What a person confirms before photos of a person are used. Stored with the subject.
-# The class noun (or the agent's subject_kind) decides; there is no face detector.
+# The class noun (or the agent's subject_kind) decides; the photo coach's face detector only advises.
 CONSENT_TEXT = (
     "I have the right to use these photos: they show me, or the person in them agreed "
     "to me training a model of them."
@@ -97,12 +97,18 @@ def check_photo_count(n: int) -> None:
 
 
 def coach_photos(
-    settings: Settings, photos: Sequence[tuple[bytes, str]], class_noun: str, subject_kind: str | None = None
+    settings: Settings,
+    photos: Sequence[tuple[bytes, str]],
+    class_noun: str,
+    subject_kind: str | None = None,
+    strip: bool = False,
 ) -> PhotoReport:
     """The photo coach's report on photos that passed `validate_photo`: what every surface
-    shows before training (and `describe_photos` gives the agent)."""
+    shows before training (and `describe_photos` gives the agent). `strip`: with the
+    picture of the crops for the training card."""
     person = "person" in (kind_of(class_noun or "object"), subject_kind)
-    return check_photos(photos, person=person, limits=PhotoThresholds.from_settings(settings), strip=True)
+    limits = PhotoThresholds.from_settings(settings)
+    return check_photos(photos, person=person, limits=limits, strip=strip)
 
 
 def check_distinct(report: PhotoReport) -> None:
@@ -153,7 +159,7 @@ def start_training(
     check_photo_count(len(photos))
     for data, filename in photos:  # reject before creating anything
         validate_photo(data, filename)
-    report = coach_photos(settings, photos, class_noun, subject_kind)
+    report = coach_photos(settings, photos, class_noun, subject_kind, strip=True)
     check_distinct(report)
     if report.needs_confirmation and not confirmed:
         raise PhotosNeedConfirmation(report)

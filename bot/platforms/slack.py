@@ -27,7 +27,6 @@ import contextlib
 import logging
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import replace
 from typing import Any
@@ -51,6 +50,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bot.cards import Button
+from bot.platforms import slack_photo_check as photo_check
 from bot.platforms.slack_convert import (
     TRAIN_CALLBACK,
     DownloadRefused,
@@ -77,9 +77,6 @@ ACKED = "dreambot_acked"  # context key: an asyncio.Event set once Slack has our
 ACK_WAIT = 5.0  # seconds a listener waits for that (it is milliseconds in practice)
 IMAGINE_USAGE = "Tell me what to draw, e.g. `/imagine Rex on the moon, watercolor`."
 CANCEL_USAGE = "Which job? e.g. `/cancel 12` (see `/jobs`)."
-PHOTO_QUESTION_LIFETIME = 15 * 60.0  # seconds /train's photos wait for "Train anyway"
-PHOTOS_CANCELLED = "Cancelled: nothing was trained. Run /train again with other photos whenever you like."
-PHOTOS_EXPIRED = "That question has expired; please run /train again."
 
 
 class SlackAdapter:
@@ -110,8 +107,7 @@ class SlackAdapter:
         )
         self.poster = SlackPoster(self.client)
         self._session: aiohttp.ClientSession | None = None
-        # /train photos waiting for "Train anyway": key -> (deadline, origin, form, uploads)
-        self._asked: dict[str, tuple[float, Origin, TrainForm, list[Upload]]] = {}
+        self._asked = photo_check.AskedTrainings()  # /train photos waiting for "Train anyway"
         self._register(self.app)
 
     # -- serving -----------------------------------------------------------------------------
@@ -175,7 +171,7 @@ class SlackAdapter:
         for name in ("/models", "/jobs", "/cancel", "/quota", "/forget"):
             app.command(name)(self._on_command)
         app.action(re.compile(r"^db:"))(self._on_button)
-        app.action(re.compile(r"^photos:"))(self._on_photo_answer)
+        app.action(re.compile(rf"^{photo_check.PREFIX}"))(self._on_photo_answer)
 
     async def _on_mention(
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
@@ -259,44 +255,27 @@ class SlackAdapter:
             )
             if reply.photo_check is None:
                 return reply
-            key = self._keep_asking(origin, form, uploads)
-            anyway = Button("Train anyway", f"photos:train:{key}", "primary")
-            return replace(reply, buttons=[anyway, Button("Cancel", f"photos:cancel:{key}")])
+            return replace(reply, buttons=self._asked.ask(origin, form, uploads))
 
         headline = f"📸 <@{origin.user_id}> is teaching me *{form.name}* with {len(uploads)} photos."
         await self._in_new_thread(origin, headline, call)
 
-    def _keep_asking(self, origin: Origin, form: TrainForm, uploads: list[Upload]) -> str:
-        now = time.monotonic()
-        for stale in [k for k, (deadline, *_) in self._asked.items() if deadline < now]:
-            del self._asked[stale]
-        key = uuid.uuid4().hex
-        self._asked[key] = (now + PHOTO_QUESTION_LIFETIME, origin, form, uploads)
-        return key
-
     async def _on_photo_answer(
         self, ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any, context: AsyncBoltContext
     ) -> None:
-        """ "Train anyway" or "Cancel" under the photo coach's question (only the uploader's
-        press counts; each question is answered once)."""
+        """A press under the photo coach's question (see bot/platforms/slack_photo_check.py)."""
         await ack()
         await after_ack(context)
-        _, answer, key = str(action["action_id"]).split(":", 2)
-        asked = self._asked.get(key)
-        if asked is None or asked[0] < time.monotonic():
-            await respond(text=PHOTOS_EXPIRED, response_type="ephemeral", replace_original=True)
-            return
-        _, origin, form, uploads = asked
-        if body["user"]["id"] != origin.user_id:
-            return
-        del self._asked[key]
-        if answer == "cancel":
-            await respond(text=PHOTOS_CANCELLED, response_type="ephemeral", replace_original=True)
+        answer, asked = self._asked.answer(str(action["action_id"]), body["user"]["id"])
+        if not answer:
+            return  # someone else's press
+        if asked is None or answer == "cancel":
+            text = photo_check.EXPIRED if asked is None else photo_check.CANCELLED
+            await respond(text=text, response_type="ephemeral", replace_original=True)
             return
         await respond(delete_original=True)
-        await self._train(
-            replace(origin, event_id=action_origin(body).event_id), form, uploads, confirmed=True
-        )
+        origin = replace(asked.origin, event_id=action_origin(body).event_id)
+        await self._train(origin, asked.form, asked.uploads, confirmed=True)
 
     async def _on_imagine(
         self, ack: Any, command: dict[str, Any], respond: Any, context: AsyncBoltContext

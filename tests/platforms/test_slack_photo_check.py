@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bot.platforms.slack import PHOTOS_CANCELLED
+from bot.platforms.slack_photo_check import CANCELLED
 from core.db import session_scope
 from core.models import Job, Photo, Subject
 from core.settings import Settings
@@ -99,5 +99,5 @@ async def test_cancel_trains_nothing(sqlite_settings: Settings, fake_slack: Fake
         _, cancel = buttons(asked)
         await press(bot, fake_slack, asked, cancel)
         [said] = await eventually(lambda: fake_slack.methods("respond"), "the cancel")
-        assert said.args["text"] == PHOTOS_CANCELLED and said.args["replace_original"]
+        assert said.args["text"] == CANCELLED and said.args["replace_original"]
     assert count(settings, Job) == 0 and count(settings, Subject) == 0
