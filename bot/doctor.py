@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from kombu import Connection
@@ -97,12 +98,24 @@ def check_llm(settings: Settings) -> Check:
     )
 
 
+def warm_state(state: str, warmup: dict[str, Any]) -> str:
+    """`ready on cuda:0 (warm-up 12.3 s)`, `warming: compiling …`, `starting`."""
+    if state == "warming":
+        return f"warming: {warmup.get('doing') or '…'}"
+    if state != "ready" or not warmup:
+        return state
+    seconds = f" (warm-up {warmup['seconds']} s)" if warmup.get("seconds") is not None else ""
+    return f"ready on {warmup.get('device', '?')}{seconds}"
+
+
 def check_workers(settings: Settings) -> Check:
     recent = db_now(-3 * settings.heartbeat_interval - 5)
     try:
         with session_scope(settings) as session:
             rows = session.execute(
-                select(Worker.name, Worker.queues).where(Worker.last_seen_at >= recent)
+                select(Worker.name, Worker.queues, Worker.state, Worker.warmup).where(
+                    Worker.last_seen_at >= recent
+                )
             ).all()
     except Exception as exc:
         return Check("workers", False, f"cannot read workers ({exc})")
@@ -110,9 +123,9 @@ def check_workers(settings: Settings) -> Check:
         return Check(
             "workers", False, "no worker is running: start one with `dreambot worker` or `dreambot up`"
         )
-    queues = {q for _, qs in rows for q in qs.split(",")}
+    queues = {q for _, qs, _, _ in rows for q in qs.split(",")}
     missing = [q for q in (settings.queue_name("train"), settings.queue_name("sample")) if q not in queues]
-    detail = ", ".join(f"{n} ({q})" for n, q in rows)
+    detail = ", ".join(f"{n} ({q}; {warm_state(state, warmup or {})})" for n, q, state, warmup in rows)
     if missing:
         return Check("workers", False, f"{detail}; nobody serves {', '.join(missing)}")
     return Check("workers", True, detail)

@@ -16,6 +16,8 @@ Families (all prefixed `dreambot_`):
   images_total                              images stored
   worker_heartbeat_age_seconds{worker,...}  seconds since each worker's last heartbeat
   worker_online{worker}, workers_online     1 when heard from within three heartbeats
+  worker_state{worker,state}                1 for the worker's warm-up state (starting/warming/ready)
+  worker_warmup_seconds{worker}             how long the last warm-up took (ready workers)
   llm_calls_total / llm_errors_total / llm_tokens_total{type} / llm_cost_usd_total {model}
   llm_spend_today_usd, llm_daily_spend_cap_usd
   outbox{state}                             delivery rows per state (a backlog shows here)
@@ -39,7 +41,17 @@ from sqlalchemy.orm import Session
 from core import stats
 from core.db import session_scope
 from core.dbclock import db_now
-from core.models import JOB_KINDS, JOB_STATES, OUTBOX_STATES, Image, Job, LLMUsage, OutboxItem, Worker
+from core.models import (
+    JOB_KINDS,
+    JOB_STATES,
+    OUTBOX_STATES,
+    WORKER_STATES,
+    Image,
+    Job,
+    LLMUsage,
+    OutboxItem,
+    Worker,
+)
 from core.queue import SAMPLE, TRAIN
 from core.quotas import llm_spend_today
 from core.settings import Settings
@@ -216,6 +228,14 @@ def worker_families(session: Session, settings: Settings) -> Iterator[GaugeMetri
         "1 when the worker was heard from within three heartbeats",
         labels=["worker"],
     )
+    state = GaugeMetricFamily(
+        "dreambot_worker_state",
+        "1 for the worker's warm-up state: starting, warming, ready (takes jobs)",
+        labels=["worker", "state"],
+    )
+    warmup = GaugeMetricFamily(
+        "dreambot_worker_warmup_seconds", "seconds the worker's last warm-up took", labels=["worker"]
+    )
     cutoff = stats.online_cutoff(settings)
     rows = session.execute(
         select(
@@ -224,15 +244,23 @@ def worker_families(session: Session, settings: Settings) -> Iterator[GaugeMetri
             Worker.queues,
             seconds_between(session, db_now(), Worker.last_seen_at),
             Worker.last_seen_at >= cutoff,
+            Worker.state,
+            Worker.warmup,
         ).order_by(Worker.name)
     )
     total = 0
-    for name, hostname, queues, seconds, is_online in rows:
+    for name, hostname, queues, seconds, is_online, now_state, details in rows:
         age.add_metric([name, hostname, queues], max(float(seconds or 0.0), 0.0))
         online.add_metric([name], 1 if is_online else 0)
         total += 1 if is_online else 0
+        for known in WORKER_STATES:
+            state.add_metric([name, known], 1 if known == now_state else 0)
+        if now_state == "ready" and isinstance((details or {}).get("seconds"), int | float):
+            warmup.add_metric([name], float(details["seconds"]))
     yield age
     yield online
+    yield state
+    yield warmup
     count = GaugeMetricFamily("dreambot_workers_online", "workers heard from within three heartbeats")
     count.add_metric([], total)
     yield count

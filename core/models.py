@@ -40,6 +40,7 @@ NAMING_CONVENTION = {
 
 JOB_KINDS = ("train", "sample", "selftest")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+WORKER_STATES = ("starting", "warming", "ready")  # gpu_worker.warmup
 ACTIVE_STATES = ("queued", "running")
 OUTBOX_STATES = ("pending", "posting", "posted", "failed")
 
@@ -288,6 +289,12 @@ class Worker(Base):
     info: Mapped[dict[str, Any]] = mapped_column(default=dict)
     started_at: Mapped[datetime] = _now()
     last_seen_at: Mapped[datetime] = _now()
+    # Warm-up (gpu_worker.warmup): starting -> warming -> ready. A worker claims jobs only
+    # once ready. Rows from before warm-ups existed were serving: they read as ready.
+    state: Mapped[str] = mapped_column(String(16), default="starting", server_default="ready")
+    warmup: Mapped[dict[str, Any]] = mapped_column(default=dict)  # device, what was warmed, seconds
+    warming_at: Mapped[datetime | None] = mapped_column(DateTime)
+    ready_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class AdminAccount(Base):

@@ -191,8 +191,27 @@ class Settings(BaseSettings):
         ge=1,
         description="people's LoRAs kept in memory by a sampling worker (active ones merged into the weights)",
     )
-    sample_compile: bool = Field(
-        False, description="torch.compile the UNet (faster steps, a slow first job per image size)"
+    sample_compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the UNet and VAE decoder (and on a GPU replay them as CUDA graphs): "
+        "auto = on a GPU, eager on the CPU; on; off (also true/false)",
+    )
+    sample_cuda_graphs: bool = Field(
+        True, description="with compile on a GPU: replay each warmed image shape as one CUDA graph per step"
+    )
+    sample_warm: str = Field(
+        "1,2,3,4",
+        description="shapes a sampling worker compiles before its first job: batch sizes at the model's "
+        "native size and/or `upscale` (a 2x variation); any other shape is drawn eager at once while it "
+        "compiles in the background",
+    )
+    sample_warm_later: str = Field(
+        "upscale", description="shapes compiled in the background right after the worker is ready (same form)"
+    )
+    compile_cache: bool = Field(
+        True,
+        description="keep torch.compile's artifacts in storage (compile-cache/), so a graph compiles "
+        "once per fleet and a restarted worker is warm in seconds",
     )
 
     # -- the photo coach (core/photo_quality.py): what /train points out before training ----
@@ -254,6 +273,24 @@ class Settings(BaseSettings):
         if not isinstance(v, str):
             return v
         return v.upper() if info.field_name == "log_level" else v.lower()
+
+    @field_validator("sample_compile", mode="before")
+    @classmethod
+    def _on_off(cls, v: Any) -> Any:
+        # It was a bool once: true/false (and 1/0, yes/no) still mean on/off.
+        words = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        return words.get(v.strip().lower(), v.strip().lower()) if isinstance(v, str) else v
+
+    @field_validator("sample_warm", "sample_warm_later")
+    @classmethod
+    def _warm_shapes(cls, v: str) -> str:
+        items = [item.strip().lower() for item in v.split(",") if item.strip()]
+        for item in items:
+            if item != "upscale" and not (item.isdigit() and 1 <= int(item) <= 8):
+                raise ValueError("expected batch sizes 1-8 and/or `upscale`, comma-separated (or empty)")
+        return ",".join(items)
 
     @field_validator("database_url", "console_database_url")
     @classmethod

@@ -64,6 +64,8 @@ class WorkerStatus:
     online: bool
     gpus: list[str] = field(default_factory=list)
     running_jobs: int = 0
+    state: str = "ready"  # starting | warming | ready (gpu_worker.warmup)
+    doing: str = ""  # while warming: what
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -80,6 +82,14 @@ def _gpu_names(info: dict[str, Any]) -> list[str]:
             total = f" ({d['total_gb']} GB)" if d.get("total_gb") is not None else ""
             names.append(f"{d.get('name', 'GPU')}{total}")
     return names or (["CPU only"] if "cuda_devices" in info else [])
+
+
+def _warmed_gpu(warmup: dict[str, Any]) -> list[str]:
+    """The GPU a worker's warm-up found (a prefork worker's parent does not look itself)."""
+    if not warmup.get("gpu"):
+        return []
+    total = f" ({warmup['gpu_memory_gb']} GB)" if warmup.get("gpu_memory_gb") is not None else ""
+    return [f"{warmup['gpu']}{total}"]
 
 
 def online_cutoff(settings: Settings) -> db_now:
@@ -110,11 +120,38 @@ def workers(session: Session, settings: Settings, *, include_offline: bool = Tru
                 last_seen_at=worker.last_seen_at,
                 started_at=worker.started_at,
                 online=bool(online),
-                gpus=_gpu_names(worker.info or {}),
+                gpus=_gpu_names(worker.info or {}) or _warmed_gpu(worker.warmup or {}),
                 running_jobs=int(running.get(worker.name, 0)),
+                state=worker.state,
+                doing=str((worker.warmup or {}).get("doing", "")) if worker.state == "warming" else "",
             )
         )
     return result
+
+
+def picture_status(session: Session, settings: Settings) -> str:
+    """One line for the people using the playground: can pictures be drawn right now?"""
+    sample_queue = settings.queue_name("sample")
+    rows = [
+        (state, warmup or {})
+        for queues, state, warmup in session.execute(
+            select(Worker.queues, Worker.state, Worker.warmup).where(
+                Worker.last_seen_at >= online_cutoff(settings)
+            )
+        )
+        if sample_queue in queues.split(",")
+    ]
+    ready = [warmup for state, warmup in rows if state == "ready"]
+    if ready:
+        device = ready[0].get("device")
+        return f"pictures: ready on {device}" if device else "pictures: ready"
+    warming = [warmup for state, warmup in rows if state == "warming"]
+    if warming:
+        doing = warming[0].get("doing")
+        return f"pictures: warming up{f' ({doing})' if doing else ''}; requests wait until it is ready"
+    if rows:
+        return "pictures: a worker is starting"
+    return "pictures: no worker is running"
 
 
 def workers_online(session: Session, settings: Settings) -> int:

@@ -64,7 +64,11 @@ class TrainConfig(BaseModel):
     num_class_images: int = Field(200, ge=0)
     class_sample_steps: int = Field(20, ge=1, description="DPM-Solver++ 2M steps per class image")
     class_guidance_scale: float = Field(7.5, ge=1)
-    class_batch_size: int = Field(8, ge=1)
+    class_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="class images drawn at once (default: as many as free GPU memory allows, ≤ 32)",
+    )
     # -- data -----------------------------------------------------------------------------
     resolution: int | None = Field(None, ge=8, description="default: the model's native size")
     random_flip: bool = False
@@ -74,6 +78,12 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     allow_tf32: bool = True
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the UNet for training (auto: on CUDA)"
+    )
+    cuda_graph: Literal["auto", "on", "off"] = Field(
+        "auto", description="replay the whole step as one CUDA graph (auto: where possible)"
+    )
     # -- loss options ------------------------------------------------------------------------
     offset_noise: float = Field(0.0, ge=0, description="e.g. 0.05: helps very dark/bright images")
     snr_gamma: float | None = Field(None, gt=0, description="min-SNR weighting, 5.0 is typical")

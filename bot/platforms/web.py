@@ -25,6 +25,7 @@ from sqlalchemy import select
 from bot.cards import image_buttons, render_card
 from bot.delivery import OutMessage, Target, job_snapshot
 from bot.service import ConversationService, Origin, Reply, Upload
+from core import stats
 from core.db import session_scope
 from core.errors import UserFacingError
 from core.models import Conversation, ConversationMessage, Image, Job, User
@@ -245,6 +246,13 @@ async def _stream(settings: Settings, who: str, request: Request) -> AsyncIterat
 
 
 def timeline(settings: Settings, who: str) -> dict[str, Any]:
+    """The visitor's conversation, oldest first, and whether pictures can be drawn now."""
+    with session_scope(settings) as s:
+        pictures = stats.picture_status(s, settings)
+    return {"items": conversation_items(settings, who), "pictures": pictures}
+
+
+def conversation_items(settings: Settings, who: str) -> list[dict[str, Any]]:
     """The visitor's conversation: messages and job cards (with images), oldest first."""
     with session_scope(settings) as s:
         conv = s.scalar(
@@ -255,7 +263,7 @@ def timeline(settings: Settings, who: str) -> dict[str, Any]:
             )
         )
         if conv is None:
-            return {"items": []}
+            return []
         messages = s.scalars(
             select(ConversationMessage)
             .where(
@@ -278,7 +286,7 @@ def timeline(settings: Settings, who: str) -> dict[str, Any]:
         for job in s.scalars(select(Job).where(Job.conversation_id == conv.id).order_by(Job.id)):
             items.append(_job_item(s, job))
     items.sort(key=lambda item: item["at"])
-    return {"items": replies_first(items)}
+    return replies_first(items)
 
 
 def replies_first(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -31,6 +31,9 @@ _NEUTRAL = {
     "validation_prompt",
     "validation_steps",
     "validation_guidance_scale",
+    # How the step runs, not what it computes (beyond rounding): a run may resume either way.
+    "compile",
+    "cuda_graph",
 }
 
 

@@ -33,7 +33,8 @@ def write_lora(trainer: Trainer, folder: Path) -> tuple[Path, Path]:
     """Write the diffusers-format and kohya-format LoRA files into `folder`."""
     unet = trainer.acc.unwrap_model(trainer.unet_p)
     te = trainer.acc.unwrap_model(trainer.te_p) if trainer.te_p is not None else None
-    unet_peft = get_peft_model_state_dict(unet)
+    # contiguous: conv LoRA factors train channels_last (`layout`); files want plain tensors
+    unet_peft = {k: v.contiguous() for k, v in get_peft_model_state_dict(unet).items()}
     te_peft = get_peft_model_state_dict(te) if te is not None else None
     StableDiffusionPipeline.save_lora_weights(
         folder,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import delete, update
 
@@ -27,12 +28,15 @@ from core.photos import validate_photo
 from core.settings import Settings
 from core.storage import Storage, storage_from_settings
 from core.train_config import TrainConfig, build_config
+from gpu_worker import compile_store
 from gpu_worker.runtime import TRANSIENT, JobCancelled, JobContext
-from gpu_worker.training import checkpoint
+from gpu_worker.training import checkpoint, resident
 from gpu_worker.training.class_images import ensure_class_images
 from gpu_worker.training.export import scratch_dir, write_full, write_lora
-from gpu_worker.training.models import load_components
+from gpu_worker.training.models import Components
 from gpu_worker.training.monitor import RunLog
+from gpu_worker.training.prepare import Shape, prepare_models
+from gpu_worker.training.step_runner import wants_compile
 from gpu_worker.training.trainer import Hooks, Trainer
 
 log = logging.getLogger(__name__)
@@ -123,10 +127,36 @@ def train_subject(
     cfg = resolve_config(settings, dict(overrides or {}), config_files)
     hooks.progress(phase="loading")
     photos = _load_photos(storage, info)
-    comps = load_components(info.base_model, settings)
+    comps = resident.components(settings, info.base_model, Shape.planned(cfg))  # kept between jobs
     cfg = cfg.resolved(n_photos=len(photos), resolution=comps.native_resolution)
+    finished = False
+    try:
+        result = _train(settings, storage, info, cfg, comps, photos, hooks, lease, started)
+        finished = True
+        return result
+    finally:
+        resident.keep_after(cfg, finished)
+
+
+def _train(
+    settings: Settings,
+    storage: Storage,
+    info: SubjectInfo,
+    cfg: TrainConfig,
+    comps: Components,
+    photos: list[Any],
+    hooks: Hooks,
+    lease: jobs.Lease | None,
+    started: float,
+) -> dict[str, Any]:
+    """`train_subject` once the model and photos are at hand."""
     assert cfg.resolution is not None
+    subject_id = info.id
     instance_prompt, class_prompt = cfg.prompts(info.token, info.class_noun)
+    shape = Shape.planned(cfg)
+    device = torch.device(shape.device_type)
+    # Prepared first: class images are drawn with these very modules, in their half precision.
+    prepare_models(comps, cfg, shape.weight_dtype, device)
 
     class_imgs, generated = [], 0
     if cfg.prior_preservation and cfg.prior_loss_weight > 0 and cfg.num_class_images > 0:
@@ -142,6 +172,7 @@ def train_subject(
             batch_size=cfg.class_batch_size,
             progress=lambda done, total: hooks.progress(phase="class_images", step=done, total=total),
             settings=settings,
+            comps=comps,
         )
         class_imgs, generated = result.images, result.generated
 
@@ -149,6 +180,10 @@ def train_subject(
     photo_ids = [f"{h}@{crop}" if crop else h for (_, h), crop in zip(info.photos, info.crops, strict=False)]
     fp = checkpoint.fingerprint(config_dict, info.base_model, photo_ids, len(class_imgs))
     hooks.progress(phase="caching")
+    store = compile_store.store_from_settings(settings) if wants_compile(cfg.compile, device) else None
+    compiled_key = resident.compile_key(info.base_model, cfg, shape, bool(class_imgs))
+    if store is not None:
+        store.load(compiled_key)  # compiled on another host or before a restart: a cache hit, not a compile
     trainer = Trainer(cfg, comps, photos, class_imgs, instance_prompt, class_prompt, fingerprint=fp)
     state = checkpoint.load_latest(storage, subject_id, fp)
     resumed_from = 0
@@ -179,6 +214,8 @@ def train_subject(
         if run_log is not None:
             run_log.close()
     train_seconds = time.monotonic() - train_started
+    if store is not None:
+        store.save(compiled_key)  # what this run compiled, for every other worker
 
     hooks.progress(phase="saving", step=trainer.step, total=cfg.steps)
     key = artifact_key(subject_id, cfg.method)

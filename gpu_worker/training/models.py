@@ -103,9 +103,12 @@ def want_8bit_adam(setting: str, method: str, device: torch.device) -> bool:
 def make_optimizer(
     params: list[dict[str, Any]], *, eight_bit: bool, device: torch.device, **kwargs: Any
 ) -> torch.optim.Optimizer:
+    """AdamW, fused: one kernel per group. Its learning rates are tensors on the device that
+    the scheduler updates in place, so a CUDA graph of the step sees each new rate (and an
+    eager run computes exactly what a graphed one does)."""
     if eight_bit:
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(params, **kwargs)
-    # The fused kernel does the whole update in one launch per group on CUDA.
-    return torch.optim.AdamW(params, fused=device.type == "cuda", **kwargs)
+    params = [{**g, "lr": torch.tensor(float(g["lr"]), device=device)} for g in params]
+    return torch.optim.AdamW(params, fused=True, capturable=device.type == "cuda", **kwargs)

@@ -7,7 +7,9 @@ Why it is faster and lighter than diffusers' example scripts:
   encoder leaves the GPU too;
 - the loss is read back to the host only about once a second, and each step's random
   draws are made on the device, so the host never waits for the GPU between steps;
-- fused AdamW on CUDA, TF32 matmuls, LoRA base weights in half precision.
+- fused AdamW on CUDA, TF32 matmuls, LoRA base weights in half precision;
+- one memory format and no per-op weight casts (`layout`); on CUDA the UNet is compiled
+  and the whole step is replayed as one CUDA graph (`graphed_step`), else run eagerly.
 
 Why resume is exact: all randomness of step `s` (which photo, flip, latent sample, noise,
 timestep) comes from a generator seeded with (seed, s), never from a running RNG, so the
@@ -20,7 +22,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,13 +30,14 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import cast_training_params, compute_snr
-from peft import LoraConfig, inject_adapter_in_model
+from diffusers.training_utils import compute_snr
 from PIL import Image
 
 from core.errors import JobCancelled, UserFacingError
 from core.train_config import TrainConfig
+from gpu_worker.training import step_runner
 from gpu_worker.training.data import latent_distribution, token_ids
+from gpu_worker.training.layout import channels_last
 from gpu_worker.training.models import (
     Components,
     dtype_for,
@@ -44,10 +46,10 @@ from gpu_worker.training.models import (
     want_8bit_adam,
 )
 from gpu_worker.training.monitor import x0_preview
+from gpu_worker.training.prepare import move_module, prepare_models
 
 log = logging.getLogger(__name__)
 
-TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # Interruptions that leave a resumable checkpoint behind (a crash does not: its state is suspect).
 INTERRUPTS: tuple[type[BaseException], ...] = (JobCancelled, KeyboardInterrupt)
 try:  # a worker's soft time limit; the trainer also runs without Celery (benchmarks, bare GPU images)
@@ -79,14 +81,6 @@ class Stats:
     timings: list[tuple[int, float]] = field(default_factory=list)  # (step, monotonic) at each sync
     last_loss: float | None = None
     checkpoints: list[int] = field(default_factory=list)
-
-
-def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """`.to(device, dtype)`, passing the dtype only for a real cast (diffusers warns on every cast)."""
-    if next(module.parameters()).dtype == dtype:
-        module.to(device)
-    else:
-        module.to(device, dtype=dtype)
 
 
 def step_seed(seed: int, step: int, micro: int = 0, rank: int = 0) -> int:
@@ -129,61 +123,16 @@ class Trainer:
         self.stats = Stats()
         self.preview: str | None = None  # the latest x0 thumbnail, repeated in every report
         self._preview_at = -math.inf  # the first report carries one; -inf: never made yet
-        self._setup_models()
+        self.trainable = prepare_models(comps, cfg, self.weight_dtype, self.device)
         self._cache_latents(instance_images, class_images if self.prior else [])
         self._cache_text(instance_prompt, class_prompt)
         self._setup_optimizer()
 
     # -- setup --------------------------------------------------------------------------------
-    def _setup_models(self) -> None:
-        cfg, unet, te = self.cfg, self.comps.unet, self.comps.text_encoder
-        for model in (self.comps.vae, te, unet):
-            model.requires_grad_(False)
-        torch.manual_seed(cfg.seed)  # the LoRA initialisation is part of the run's identity
-        if cfg.method == "lora":
-            _move(unet, self.device, self.weight_dtype)
-            unet.add_adapter(self._lora(cfg.lora_targets))
-            cast_training_params(unet, dtype=torch.float32)  # LoRA weights train in fp32
-            if self.train_te:
-                _move(te, self.device, self.weight_dtype)
-                # peft directly: transformers' own `add_adapter` wants a newer peft than
-                # diffusers does; recording `peft_config` is all that it adds on top.
-                config = self._lora(TEXT_ENCODER_LORA_TARGETS)
-                inject_adapter_in_model(config, te, adapter_name="default")
-                te.peft_config = {"default": config}
-                cast_training_params(te, dtype=torch.float32)
-        else:
-            unet.requires_grad_(True)
-            unet.to(self.device)  # fp32 master weights; autocast computes in half
-            if self.train_te:
-                te.requires_grad_(True)
-                te.to(self.device)
-        if cfg.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-            if self.train_te:
-                te.gradient_checkpointing_enable()
-        unet.train()
-        te.train(self.train_te)
-        self.trainable: dict[str, torch.nn.Parameter] = {
-            f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad
-        }
-        if self.train_te:
-            self.trainable.update(
-                {f"text_encoder.{n}": p for n, p in te.named_parameters() if p.requires_grad}
-            )
-
-    def _lora(self, targets: list[str]) -> LoraConfig:
-        return LoraConfig(
-            r=self.cfg.lora_rank,
-            lora_alpha=self.cfg.lora_alpha or self.cfg.lora_rank,
-            init_lora_weights="gaussian",
-            target_modules=targets,
-        )
-
     def _cache_latents(self, instance: list[Image.Image], klass: list[Image.Image]) -> None:
         vae = self.comps.vae
         # bf16 keeps fp32's range; fp16 can overflow in the SD VAE, so it encodes in fp32.
-        _move(vae, self.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+        move_module(vae, self.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
         res, flip = self.cfg.resolution or 0, self.cfg.random_flip
         self.inst_mean, self.inst_std = latent_distribution(vae, instance, res, flip, self.device)
         self.cls_mean, self.cls_std = (
@@ -212,9 +161,11 @@ class Trainer:
         te_params = [p for k, p in self.trainable.items() if k.startswith("text_encoder.")]
         if te_params:
             groups.append({"params": te_params, "lr": cfg.text_encoder_lr or cfg.unet_lr()})
+        eight_bit = want_8bit_adam(cfg.use_8bit_adam, cfg.method, self.device)
+        graphable = step_runner.graphable(self, eight_bit)
         optimizer = make_optimizer(
             groups,
-            eight_bit=want_8bit_adam(cfg.use_8bit_adam, cfg.method, self.device),
+            eight_bit=eight_bit,
             device=self.device,
             betas=(cfg.adam_beta1, cfg.adam_beta2),
             weight_decay=cfg.adam_weight_decay,
@@ -226,11 +177,18 @@ class Trainer:
             num_warmup_steps=min(cfg.lr_warmup_steps, cfg.steps or 0),
             num_training_steps=max(cfg.steps or 1, 1),
         )
-        models = [self.comps.unet] + ([self.comps.text_encoder] if self.train_te else [])
-        prepared = self.acc.prepare(*models, optimizer)
-        self.unet_p = prepared[0]
-        self.te_p = prepared[1] if self.train_te else None
-        self.optimizer = prepared[-1]
+        unet, te = self.comps.unet, self.comps.text_encoder
+        if self.acc.num_processes > 1:  # DDP: accelerate wraps the models
+            prepared = self.acc.prepare(unet, *([te] if self.train_te else []), optimizer)
+            unet, te, optimizer = prepared[0], prepared[1] if self.train_te else te, prepared[-1]
+        else:  # one process: the modules stay as they are (a compiled UNet stays valid across jobs)
+            optimizer = self.acc.prepare(optimizer)
+        self.unet_p, self.te_p, self.optimizer = unet, te if self.train_te else None, optimizer
+        self.runner = step_runner.StepRunner(self, graphable)
+
+    def autocast(self) -> Any:
+        """The run's mixed precision around a forward pass (a no-op in fp32)."""
+        return torch.autocast(self.device.type, self.weight_dtype, enabled=self.weight_dtype != torch.float32)
 
     # -- one step -----------------------------------------------------------------------------
     def seed_for(self, step: int, micro: int = 0) -> int:
@@ -245,13 +203,12 @@ class Trainer:
         eps = torch.randn((bs, *mean.shape[2:]), generator=g, device=dev)
         return (mean[i, j] + std[i, j] * eps) * self.scaling
 
-    def compute_loss(self, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(total loss, instance loss, prior loss) for the batch that `seed` draws."""
-        cfg, sched = self.cfg, self.comps.noise_scheduler
-        # Drawn on the training device: a host-made tensor copied in would make the host wait
-        # for the GPU at every step (pageable copies sync), so launches could not run ahead.
-        g = torch.Generator(device=self.device).manual_seed(seed)
-        dev = self.device
+    def draw(self, seed: int) -> dict[str, torch.Tensor]:
+        """Everything random in the step of `seed`: the latents (photo, flip, sample), the noise
+        and the timesteps. Drawn on the training device: a host-made tensor copied in would
+        make the host wait for the GPU at every step (pageable copies sync)."""
+        cfg, sched, dev = self.cfg, self.comps.noise_scheduler, self.device
+        g = torch.Generator(device=dev).manual_seed(seed)
         parts = [self._draw(self.inst_mean, self.inst_std, g)]
         if self.prior:
             parts.append(self._draw(self.cls_mean, self.cls_std, g))  # type: ignore[arg-type]
@@ -263,15 +220,28 @@ class Trainer:
                 (b, latents.shape[1], 1, 1), generator=g, device=dev
             )
         timesteps = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g, device=dev)
+        return {"latents": channels_last(latents), "noise": channels_last(noise), "timesteps": timesteps}
+
+    def compute_loss(self, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(total loss, instance loss, prior loss) for the batch that `seed` draws."""
+        return self.loss_of(self.draw(seed))
+
+    def loss_of(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        cfg, sched = self.cfg, self.comps.noise_scheduler
+        latents, noise, timesteps = batch["latents"], batch["noise"], batch["timesteps"]
         noisy = sched.add_noise(latents, noise, timesteps)
         bs = cfg.train_batch_size
         if self.te_p is not None:
             ids = torch.cat([self.ids[0]] * bs + ([self.ids[1]] * bs if self.prior else []))
-            states = self.te_p(ids)[0]
+            with self.autocast():
+                states = self.te_p(ids)[0]
         else:
             assert self.embeds is not None
             states = torch.cat([self.embeds[0]] * bs + ([self.embeds[1]] * bs if self.prior else []))
-        pred = self.unet_p(noisy.to(self.weight_dtype), timesteps, states, return_dict=False)[0]
+        with self.autocast():
+            pred = self.runner.unet(noisy.to(self.weight_dtype), timesteps, states, return_dict=False)[0]
         if sched.config.prediction_type == "v_prediction":
             target = sched.get_velocity(latents, noise, timesteps)
         else:
@@ -288,19 +258,8 @@ class Trainer:
         return total, inst, prior
 
     def train_step(self) -> torch.Tensor:
-        ga = self.cfg.gradient_accumulation_steps
-        loss_sum = torch.zeros((), device=self.device)
-        for micro in range(ga):
-            sync = micro == ga - 1
-            with nullcontext() if sync else self.acc.no_sync(self.unet_p):
-                loss = self.compute_loss(self.seed_for(self.step, micro))[0] / ga
-                self.acc.backward(loss)
-            loss_sum += loss.detach()
-        self.acc.clip_grad_norm_(list(self.trainable.values()), self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum
+        """One optimizer step; returns its (detached) loss."""
+        return self.runner.step()
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self, hooks: Hooks) -> Stats:
@@ -375,9 +334,10 @@ class Trainer:
             self._preview_at = math.inf  # and no further tries
 
     def release_optimizer(self) -> None:
-        """Drop the optimizer state (twice the trainable weights for AdamW) once the trained
-        weights are saved, so inference at the end has that memory back."""
-        getattr(self.optimizer, "optimizer", self.optimizer).state.clear()
+        """Drop the optimizer state (twice the trainable weights for AdamW) and the captured
+        step once the trained weights are saved, so inference at the end has that memory back."""
+        self.runner.drop_graph()
+        step_runner.torch_optimizer(self.optimizer).state.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -417,7 +377,13 @@ class Trainer:
         with torch.no_grad():
             for k, p in self.trainable.items():
                 p.copy_(state["trainable"][k])
+        self.runner.drop_graph()  # the optimizer's state tensors are replaced: capture again
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in step_runner.torch_optimizer(
+            self.optimizer
+        ).param_groups:  # lr tensors stay on the device
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"] = group["lr"].to(self.device)
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         scaler = getattr(self.acc, "scaler", None)
         if scaler is not None and state.get("scaler"):

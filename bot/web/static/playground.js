@@ -255,13 +255,20 @@ $("train").addEventListener("submit", async (ev) => {
 });
 
 const events = new EventSource("/api/events");
+let pictures = "";  // the server's word on the picture workers: ready, warming up, none
+const showStatus = () => {
+  statusLine.textContent = pictures ? `${READY_TEXT} (${pictures})` : READY_TEXT;
+};
 events.onmessage = (ev) => {
-  items = JSON.parse(ev.data).items;
+  const data = JSON.parse(ev.data);
+  items = data.items;
+  pictures = data.pictures || "";
+  if (!statusLine.classList.contains("offline")) showStatus();
   draw();
 };
 events.onopen = () => {
-  statusLine.textContent = READY_TEXT;
   statusLine.classList.remove("offline");
+  showStatus();
 };
 events.onerror = () => {
   statusLine.textContent = "Lost contact with dreambot — reconnecting…";
