@@ -1,5 +1,10 @@
 """The agent loop: one person's message in, a reply and the jobs it started out.
 
+Without a configured LLM, or when the first model call of a message fails (down, key
+refused, timed out, budget spent), the built-in basic mode answers instead
+(`agent/basic_mode.py`). Every answer — a failure's polite sentence too — is stored in the
+conversation like any reply, so every surface shows it.
+
 Per message: at most 8 model calls; a malformed call (unreadable, unknown tool, invalid
 arguments) is fed back at most twice before we apologise; an identical repeated call is
 answered from the first result instead of running again; each side effect carries the
@@ -16,6 +21,8 @@ from typing import Any
 
 from sqlalchemy import select
 
+from agent import basic_mode
+from agent.chat_mode import llm_configured
 from agent.llm import Completion, LLMClient, LLMError, OnDelta
 from agent.memory import estimate_tokens, load_turns, save_message, save_photos
 from agent.photo_policy import PLACEHOLDER, may_send_photos
@@ -64,6 +71,10 @@ async def handle_message(
     `event_key` ("platform:event_id") makes side effects idempotent across redeliveries.
     `on_delta(text_so_far)` lets a chat message grow while a plain reply is written.
     """
+    if llm is None and not llm_configured(settings):
+        turn = _Turn(settings, None, user_id, conversation_id, event_key, on_delta)
+        await turn.save_user(text, photos)
+        return await turn.basic(text, len(photos), None)
     client = llm or LLMClient(settings)
     try:
         return await _Turn(settings, client, user_id, conversation_id, event_key, on_delta).run(text, photos)
@@ -76,7 +87,7 @@ class _Turn:
     def __init__(
         self,
         settings: Settings,
-        llm: LLMClient,
+        llm: LLMClient | None,
         user_id: int,
         conversation_id: int,
         event_key: str | None,
@@ -93,16 +104,19 @@ class _Turn:
     def reply(self, text: str, error: str | None = None) -> AgentReply:
         return AgentReply(text, list(dict.fromkeys(self.ctx.job_ids)), error, self.calls)
 
-    async def run(self, text: str, photos: list[bytes]) -> AgentReply:
-        native = self.settings.llm_native_tools
-        system = system_prompt(
-            tool_specs(), await asyncio.to_thread(self._context, len(photos)), native=native
-        )
-        # Photos the endpoint may not see travel as a placeholder (agent/photo_policy.py).
-        shown = list(photos) if may_send_photos(self.settings) else []
-        user_text = text if shown or not photos else f"{text}\n\n{PLACEHOLDER.format(n=len(photos))}".strip()
-        current = Turn("user", user_text, images=shown)
-        history = await asyncio.to_thread(self._history, system, current)
+    async def final(self, text: str, error: str | None = None) -> AgentReply:
+        """The answer, stored in the conversation like any reply (every surface shows it)."""
+        await asyncio.to_thread(self._save, "assistant", text, None, None)
+        return self.reply(text, error)
+
+    async def basic(
+        self, text: str, n_photos: int, problem: str | None, error: str | None = None
+    ) -> AgentReply:
+        """Basic mode's answer; `problem` is the polite sentence about an LLM that failed."""
+        answer = await asyncio.to_thread(basic_mode.respond, self.ctx, text, n_photos, llm_problem=problem)
+        return await self.final(answer, error)
+
+    async def save_user(self, text: str, photos: list[bytes]) -> None:
         msg_id = await asyncio.to_thread(
             save_message,
             self.settings,
@@ -114,16 +128,31 @@ class _Turn:
         if photos:
             storage = storage_from_settings(self.settings)
             await asyncio.to_thread(save_photos, storage, self.conversation_id, msg_id, list(photos))
+
+    async def run(self, text: str, photos: list[bytes]) -> AgentReply:
+        native = self.settings.llm_native_tools
+        system = system_prompt(
+            tool_specs(), await asyncio.to_thread(self._context, len(photos)), native=native
+        )
+        # Photos the endpoint may not see travel as a placeholder (agent/photo_policy.py).
+        shown = list(photos) if may_send_photos(self.settings) else []
+        user_text = text if shown or not photos else f"{text}\n\n{PLACEHOLDER.format(n=len(photos))}".strip()
+        current = Turn("user", user_text, images=shown)
+        history = await asyncio.to_thread(self._history, system, current)
+        await self.save_user(text, photos)
         turns = [*history, current]
         results: dict[str, dict[str, Any]] = {}
         invalid = repeats = 0
         tools = openai_tools() if native else None
 
+        assert self.llm is not None
         while self.calls < MAX_MODEL_CALLS:
             try:
                 await asyncio.to_thread(self._check_budget)
             except LLMBudgetExceeded as exc:
-                return self.reply(str(exc))
+                if not self.calls:
+                    return await self.basic(text, len(photos), str(exc))
+                return await self.final(f"{exc} {self._fallback()}" if self.ctx.job_ids else str(exc))
             self.calls += 1
             if self.gate:
                 self.gate.shown = ""
@@ -134,7 +163,10 @@ class _Turn:
                 await asyncio.to_thread(
                     self._record, None, f"{exc.status or ''} {type(exc).__name__}".strip()
                 )
-                return self.reply(exc.user_message, exc.operator_message)
+                if self.calls == 1:  # nothing done yet: basic mode may still help
+                    return await self.basic(text, len(photos), exc.user_message, exc.operator_message)
+                started = f" {self._fallback()}" if self.ctx.job_ids else ""
+                return await self.final(exc.user_message + started, exc.operator_message)
             await asyncio.to_thread(self._record, done, None)
 
             parsed = parse_reply(done.text)
@@ -178,10 +210,10 @@ class _Turn:
             turns += [Turn("assistant", said, calls=calls), Turn("tool", tool_output(outputs))]
             if invalid > MAX_INVALID_FEEDBACK:
                 log.warning("agent: %d malformed tool calls for one message; giving up", invalid)
-                return self.reply(CONFUSED if not self.ctx.job_ids else self._fallback())
+                return await self.final(CONFUSED if not self.ctx.job_ids else self._fallback())
             if repeats >= MAX_REPEATS:
-                return self.reply(self._fallback())
-        return self.reply(self._fallback() if self.ctx.job_ids else GAVE_UP)
+                return await self.final(self._fallback())
+        return await self.final(self._fallback() if self.ctx.job_ids else GAVE_UP)
 
     def _fallback(self) -> str:
         if self.ctx.job_ids:

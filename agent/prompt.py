@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from PIL import Image, ImageOps
-
 from agent.toolcalls import ToolCall
+from core.photos import preview_rgb
 
 MAX_SIDE = 896
 MAX_IMAGES_PER_TURN = 4
@@ -48,16 +47,10 @@ class Turn:
 @lru_cache(maxsize=16)  # the same photos are re-sent on each of a message's model calls
 def photo_data_url(data: bytes, max_side: int = MAX_SIDE) -> str:
     """A JPEG data URL of `data`, upright (EXIF), RGB, longest side at most `max_side`."""
-    with Image.open(io.BytesIO(data)) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode != "RGB":
-            # Transparent areas become white rather than JPEG's undefined black.
-            rgba = img.convert("RGBA")
-            img = Image.new("RGB", rgba.size, (255, 255, 255))
-            img.paste(rgba, mask=rgba.getchannel("A"))
-        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=True)
+    # Decodes no more than the preview needs; transparent areas become white.
+    img = preview_rgb(data, max_side)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

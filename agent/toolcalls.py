@@ -4,7 +4,8 @@ Gemma 3 has no native tool calling, so we ask it to write calls in a fenced bloc
 accept everything it is known to write instead: ```tool_code / ```json fences, bare JSON
 (an object, a list, or `{"tool_calls": [...]}`, with `arguments` or `parameters`), the
 pythonic `[generate_images(prompt="...", n=4)]` form (read with `ast`, never evaluated),
-prose before or after, several calls. `parse_tool_calls` never raises: whatever the
+Gemma's habit of wrapping a call in `print(...)` inside a fence
+(`print(default_api.list_subjects())`), prose before or after, several calls. `parse_tool_calls` never raises: whatever the
 model wrote, the worst outcome is "no call" or a readable error to feed back.
 """
 
@@ -229,6 +230,8 @@ def _calls_from_python(source: str, *, bare_ok: bool) -> list[ToolCall]:
         value = stmt.value
         if isinstance(value, ast.List | ast.Tuple):
             nodes.extend(value.elts)
+        elif bare_ok and _is_print(value):
+            nodes.extend(value.args)  # type: ignore[attr-defined]
         elif bare_ok and isinstance(value, ast.Call):
             nodes.append(value)
         else:
@@ -237,6 +240,18 @@ def _calls_from_python(source: str, *, bare_ok: bool) -> list[ToolCall]:
     if not calls or any(c is None for c in calls):
         return []
     return [c for c in calls if c is not None]
+
+
+def _is_print(node: ast.expr) -> bool:
+    """`print(f(...), ...)`: Gemma 3 writes calls as code whose result is shown; the
+    wrapped calls are the calls (keywords such as `sep=` would mean something else)."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "print"
+        and bool(node.args)
+        and not node.keywords
+    )
 
 
 def _call_from_node(node: ast.expr) -> ToolCall | None:

@@ -34,12 +34,19 @@ from core import jobs
 from core.db import session_scope
 from core.errors import UserFacingError
 from core.models import Image, Job, Subject, User
-from core.photos import PhotoRejected, validate_photo
+from core.photos import PhotoRejected, check_photo
 from core.quotas import usage
 from core.sample_request import parse_sample_request
 from core.settings import Settings
 from core.storage import storage_from_settings
-from core.subjects import MAX_PHOTOS, MIN_PHOTOS, coach_photos, kind_of, start_training
+from core.subjects import (
+    MAX_PHOTOS,
+    MIN_PHOTOS,
+    PhotosNeedConfirmation,
+    coach_photos,
+    kind_of,
+    start_training,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +177,7 @@ def _photo_check(ctx: ToolContext, keys: list[str], class_noun: str) -> dict[str
     photos = [(storage.read_bytes(k), k.rsplit("/", 1)[-1]) for k in keys[:MAX_PHOTOS]]
     try:
         for data, name in photos:
-            validate_photo(data, name)
+            check_photo(data, name)
     except PhotoRejected:
         return None
     report = coach_photos(ctx.settings, photos, class_noun)
@@ -217,18 +224,21 @@ def train_subject(ctx: ToolContext, args: TrainSubjectArgs) -> dict[str, Any]:
     settings = ctx.settings
     keys = latest_photos(settings, ctx.conversation_id, ctx.user_id) if ctx.conversation_id else []
     storage = storage_from_settings(settings)
-    started = start_training(
-        settings,
-        owner_id=ctx.user_id,
-        name=args.name,
-        class_noun=args.class_noun,
-        photos=[(storage.read_bytes(k), k.rsplit("/", 1)[-1]) for k in keys],
-        conversation_id=ctx.conversation_id,
-        idempotency_key=ctx.next_key(),
-        subject_kind=args.subject_kind,
-        consent=args.consent_confirmed,
-        confirmed=args.photos_confirmed,  # else the photo check's question comes back as the error
-    )
+    try:
+        started = start_training(
+            settings,
+            owner_id=ctx.user_id,
+            name=args.name,
+            class_noun=args.class_noun,
+            photos=[(storage.read_bytes(k), k.rsplit("/", 1)[-1]) for k in keys],
+            conversation_id=ctx.conversation_id,
+            idempotency_key=ctx.next_key(),
+            subject_kind=args.subject_kind,
+            consent=args.consent_confirmed,
+            confirmed=args.photos_confirmed,
+        )
+    except PhotosNeedConfirmation as exc:  # ask the person; "train anyway" is photos_confirmed
+        return {"error": str(exc), "photos_need_confirmation": True}
     ctx.done(started.job_id)
     if started.existing:  # this event already started it
         return {"job_id": started.job_id, "subject_id": started.subject_id, "status": "queued"}

@@ -258,7 +258,12 @@ def main() -> None:
     )
     p.add_argument("--tv-shim", default=str(SHIM))
     p.add_argument("--configs", default="lora,full,full_te")
-    p.add_argument("--steps", type=int, nargs=2, metavar=("S1", "S2"))
+    p.add_argument(
+        "--steps", type=int, nargs="+", metavar="S", help="one or two step counts (slope from the last)"
+    )
+    p.add_argument(
+        "--sides", default="ours,ref", help="ours, ref or both (ours' LoRA path: bench/train_job.py)"
+    )
     p.add_argument("--res", type=int)
     p.add_argument("--mp", default=None, help="no | fp16 | bf16 (default: bf16 on CUDA, else no)")
     p.add_argument(
@@ -282,7 +287,8 @@ def main() -> None:
         args.n_class, args.batch = min(args.n_class, 6), min(args.batch, 2)
     if not args.model:
         p.error("--model or --tiny is required")
-    args.res, args.steps = args.res or 512, args.steps or (30, 130)
+    args.res, args.steps = args.res or 512, tuple(args.steps or (30, 130))
+    sides = set(args.sides.split(","))
     env = prepare(args, work)
     results: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "tv_shim"}, "items": {}}
 
@@ -297,19 +303,21 @@ def main() -> None:
         return r
 
     # Class images: ours into storage (then copied to class_ours), the reference's own run.
-    cg = item("classgen_ours", run_child, [sys.executable, __file__, "_classgen", "--model", args.model, "--work",
-              str(work), "--n", str(args.n_class), "--res", str(args.res), "--batch", str(args.batch)],
-              work / "logs" / "classgen_ours.log", env)  # fmt: skip
-    for _, text in cg.pop("stamps"):
-        if text.startswith(b"{"):
-            cg.update(json.loads(text))
-    if args.ref_dir:
+    if "ours" in sides:
+        cg = item("classgen_ours", run_child, [sys.executable, __file__, "_classgen", "--model", args.model,
+                  "--work", str(work), "--n", str(args.n_class), "--res", str(args.res), "--batch", str(args.batch)],
+                  work / "logs" / "classgen_ours.log", env)  # fmt: skip
+        for _, text in cg.pop("stamps"):
+            if text.startswith(b"{"):
+                cg.update(json.loads(text))
+    if args.ref_dir and "ref" in sides:
         item("classgen_ref", reference, args, "lora", 0, work, env)
     configs = [c for c in args.configs.split(",") if c]
     for cfg in configs:
         for steps in args.steps:
-            item(f"ours_{cfg}_{steps}", ours, args, cfg, steps, work, env)
-            if args.ref_dir:
+            if "ours" in sides:
+                item(f"ours_{cfg}_{steps}", ours, args, cfg, steps, work, env)
+            if args.ref_dir and "ref" in sides:
                 item(f"ref_{cfg}_{steps}", reference, args, cfg, steps, work, env)
     report(results, args, configs)
     if args.out:
@@ -317,7 +325,7 @@ def main() -> None:
 
 
 def report(results: dict[str, Any], args: argparse.Namespace, configs: list[str]) -> None:
-    items, (s1, s2) = results["items"], args.steps
+    items, s1, s2 = results["items"], args.steps[0], args.steps[-1]
     print("\n" + "=" * 96)
     print(
         f"model {args.model} | res {args.res} | precision {args.mp} | steps {s1}/{s2} | 1 instance + 1 class/step"
@@ -330,7 +338,9 @@ def report(results: dict[str, Any], args: argparse.Namespace, configs: list[str]
             a, b = items.get(f"{side}_{cfg}_{s1}"), items.get(f"{side}_{cfg}_{s2}")
             if not b:
                 continue
-            diff = (b["wall_s"] - a["wall_s"]) / (s2 - s1) if a and b["rc"] == 0 == a["rc"] else None
+            diff = (
+                (b["wall_s"] - a["wall_s"]) / (s2 - s1) if s2 > s1 and a and b["rc"] == 0 == a["rc"] else None
+            )
             peak = max(x.get("peak_mib", 0) for x in (a, b) if x)
             print(
                 f"{cfg:<9}{side:<6}{fmt(b.get('s_per_step')):>14}{fmt(diff):>13}{fmt(b['wall_s'], 1):>11}{peak:>10}"

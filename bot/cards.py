@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from tqdm import tqdm
+
 BUTTON_PREFIX = "db"
 ACTIONS = {"v": "variations", "u": "upscale", "r": "reroll", "d": "delete", "x": "report"}
 FORGET = "f"  # db:f:<token>: confirms a /forget (the token says what, for whom, until when)
@@ -124,6 +126,28 @@ def _percent(progress: dict[str, Any]) -> int | None:
     return max(0, min(100, round(100 * step / total))) if total > 0 else None
 
 
+def time_left(progress: dict[str, Any]) -> str | None:
+    """Time left in words ("about 2 h left on this CPU") from the trainer's measured pace, once it has one."""
+    try:
+        eta = float(progress["eta_s"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not 0 < eta < float("inf") or progress.get("phase") != "training":
+        return None
+    where = " on this CPU" if progress.get("device") == "cpu" else ""
+    return f"{_duration_words(eta)} left{where}"
+
+
+def _duration_words(seconds: float) -> str:
+    if seconds < 60:
+        return "less than a minute"
+    if seconds < 3600:
+        return f"about {max(1, round(seconds / 60))} min"
+    hours = seconds / 3600
+    rounded = round(hours * 2) / 2 if hours < 10 else round(hours)
+    return f"about {rounded:g} h"
+
+
 def _preview(progress: dict[str, Any]) -> bytes | None:
     raw = progress.get("preview")
     if not isinstance(raw, str) or not raw:
@@ -134,17 +158,47 @@ def _preview(progress: dict[str, Any]) -> bytes | None:
         return None
 
 
+def _about(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _downloading(progress: dict[str, Any]) -> str | None:
+    """ "downloading the base model: 1.2GB of 4.3GB, 25MB/s, about 2 min left" (a worker
+    fetching the model before its first job: gpu_worker/model_fetch.py)."""
+    if progress.get("phase") != "downloading":
+        return None
+    try:
+        done, total = int(progress.get("step") or 0), int(progress["total"])
+        speed, eta = float(progress.get("speed") or 0), progress.get("eta")
+    except (KeyError, TypeError, ValueError):
+        return "downloading the base model…"
+    text = f"downloading the base model: {tqdm.format_sizeof(done, 'B')} of {tqdm.format_sizeof(total, 'B')}"
+    if speed > 0:
+        text += f", {tqdm.format_sizeof(speed, 'B/s')}"
+        if isinstance(eta, int | float):
+            text += f", about {_about(eta)} left"
+    return text
+
+
 def render_card(job: JobSnapshot) -> Card:
     title = _title(job)
     if job.status == "queued":
         place = f"queued #{job.queue_position}" if job.queue_position else "queued"
         return Card(f"{title} — {place}", preview=_preview(job.progress))  # a training: its photo crops
+    if job.status == "running" and (fetching := _downloading(job.progress)) is not None:
+        return Card(f"{title} — {fetching}")
     if job.status == "running":
         pct = _percent(job.progress)
         phase = job.progress.get("phase")
         detail = f"{pct}%" if pct is not None else "starting…"
         if phase and job.kind == "train":
             detail += f" ({str(phase).replace('_', ' ')})"
+        if (left := time_left(job.progress)) is not None:
+            detail += f", {left}"
         return Card(f"{title} — {detail}", preview=_preview(job.progress))
     if job.status == "succeeded":
         return Card(f"{title} — done ✅{_done_detail(job)}", done=True)

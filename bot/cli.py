@@ -120,15 +120,9 @@ def _launch_workers(settings: Settings, gpus: str | None, cpu: bool, queues: lis
     """`--gpus`/`--cpu`: plan one process per GPU and queue, run them until stopped."""
     import threading
 
-    from bot.launcher import (
-        LaunchError,
-        Supervisor,
-        discover_gpus,
-        plan_workers,
-        run_workers,
-        select_gpus,
-        stop_on_signals,
-    )
+    from bot.launcher import discover_gpus, plan_workers, select_gpus
+    from bot.supervisor import LaunchError, Supervisor, stop_on_signals
+    from bot.worker_rows import ready_probe
     from core.logs import setup_logging
 
     setup_logging(settings)
@@ -148,8 +142,9 @@ def _launch_workers(settings: Settings, gpus: str | None, cpu: bool, queues: lis
     typer.echo("starting " + ", ".join(f"{s.name} ({s.queues})" for s in specs), err=True)
     stop = threading.Event()
     stop_on_signals(stop)
+    supervisor = Supervisor(run_dir=settings.data_dir / "run", probe=ready_probe(settings))
     try:
-        run_workers(specs, Supervisor(), stop)
+        supervisor.run(stop, specs)
     except LaunchError as exc:
         raise _fail(str(exc)) from None
 
@@ -157,15 +152,20 @@ def _launch_workers(settings: Settings, gpus: str | None, cpu: bool, queues: lis
 @app.command()
 def up(
     workers: Annotated[bool, typer.Option(help="also start a train and a sample worker")] = True,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="print every log line here (default: DATA_DIR/logs/)")
+    ] = False,
 ) -> None:
     """Run everything on this machine: migrations, a train and a sample worker, the bot and web."""
     from bot.server import serve
-    from core.logs import setup_logging
+    from bot.up_console import announce, setup_up_logging
 
     settings = _settings()
-    setup_logging(settings)
+    folder = setup_up_logging(settings, verbose)
+    if folder is not None:
+        announce(f"dreambot: logs in {folder}/ (dreambot up -v prints them here)")
     try:
-        serve(settings, with_workers=workers)
+        serve(settings, with_workers=workers, verbose=verbose)
     except DreambotError as exc:
         raise _fail(str(exc)) from None
 

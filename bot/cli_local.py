@@ -103,11 +103,15 @@ def train(
     photos and asks "Train anyway?" (`--yes` answers it)."""
     from bot.cli import _fail, _settings
     from bot.local_jobs import cli_user, export_images, run_or_follow
+    from core.names import subject_names
     from core.subjects import ConsentRequired, PhotosNeedConfirmation, start_training
     from core.train_config import build_config, load_config_file, parse_set
+    from core.uploads import UploadBudget
 
     settings = _settings()
     try:
+        name, class_noun = subject_names(name, class_noun)  # before any photo is read
+        UploadBudget().check_declared([(p.name, p.stat().st_size) for p in photos])
         overrides: dict[str, object] = dict(load_config_file(config)) if config is not None else {}
         overrides.update(parse_set(set_ or []))
         overrides.update({k: v for k, v in {"method": method, "steps": steps}.items() if v is not None})

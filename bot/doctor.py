@@ -12,6 +12,7 @@ import httpx
 from kombu import Connection
 from sqlalchemy import select, text
 
+from agent.chat_mode import chat_status, llm_configured
 from core import jobs, migrate
 from core.db import session_scope
 from core.dbclock import db_now
@@ -76,6 +77,8 @@ def check_storage(settings: Settings) -> Check:
 
 
 def check_llm(settings: Settings) -> Check:
+    if not llm_configured(settings):
+        return Check("llm", False, f"chat: {chat_status(settings)}", required=False)
     headers = {}
     if settings.llm_api_key is not None:
         headers["Authorization"] = f"Bearer {settings.llm_api_key.get_secret_value()}"
@@ -94,8 +97,32 @@ def check_llm(settings: Settings) -> Check:
             "llm", False, "the LLM endpoint refused the key: set DREAMBOT_LLM_API_KEY", required=False
         )
     return Check(
-        "llm", response.is_success, f"{settings.llm_base_url} answered {response.status_code}", required=False
+        "llm",
+        response.is_success,
+        f"{settings.llm_base_url} answered {response.status_code}"
+        + ("" if response.is_success else "; chat falls back to basic mode while it fails"),
+        required=False,
     )
+
+
+def check_base_model(settings: Settings) -> Check:
+    """Whether the base model is on this host (and its size), or what the first training
+    will have to download. A warning, not a failure: chat works without it."""
+    try:
+        from gpu_worker.model_status import describe_base_model
+    except ImportError as exc:  # a chat-only host without huggingface_hub
+        return Check("model", False, f"cannot check the base model here ({exc})", required=False)
+    state = describe_base_model(settings)
+    return Check("model", state.ok, state.text, required=False)
+
+
+def check_hub(settings: Settings) -> Check:
+    try:
+        from gpu_worker.model_status import hub_reachable
+    except ImportError as exc:
+        return Check("hub", False, f"cannot check the model hub here ({exc})", required=False)
+    ok, detail = hub_reachable(settings)
+    return Check("hub", ok, detail, required=False)
 
 
 def warm_state(state: str, warmup: dict[str, Any]) -> str:
@@ -167,6 +194,8 @@ def run_checks(settings: Settings, selftest_timeout: float = 30) -> list[Check]:
         lambda: check_storage(settings),
         lambda: check_llm(settings),
         lambda: check_workers(settings),
+        lambda: check_base_model(settings),
+        lambda: check_hub(settings),
     ]
     results = [c() for c in checks]
     db_ok, broker_ok, workers_ok = results[0].ok, results[1].ok, results[4].ok

@@ -1,40 +1,29 @@
-"""Starting and stopping worker processes: `dreambot up` and `dreambot worker --gpus`.
+"""Which worker processes to run: `dreambot up` and `dreambot worker --gpus`.
 
-Workers run as child processes in their own process groups, so stopping them takes
-their Celery pool children too: Ctrl-C leaves no orphans.
-
-`dreambot worker --gpus all|0,1` runs one Celery worker process per GPU *and* queue
+`dreambot up` runs one `train` and one `sample` worker (`up_workers`). `dreambot worker --gpus all|0,1` runs one Celery worker process per GPU *and* queue
 (`train-gpu0@host`, `sample-gpu0@host`, …): training and sampling never share a process,
 so a long training never blocks sampling, and each process sees exactly one GPU through
 `CUDA_VISIBLE_DEVICES`. GPUs are found with `nvidia-smi` (or torch in a subprocess, so
-this process never initialises CUDA); a child that dies is restarted, and one that keeps
-dying stops them all, so systemd sees the failure.
+this process never initialises CUDA). `bot.supervisor` runs what is planned here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bot.supervisor import LaunchError, WorkerSpec
 
 log = logging.getLogger(__name__)
 
 QUEUES = ("train", "sample")
 DISCOVERY_TIMEOUT = 60.0
-
-
-class LaunchError(Exception):
-    """Workers could not be planned or kept running; the message says why, for a person."""
 
 
 @dataclass(frozen=True)
@@ -46,21 +35,6 @@ class Gpu:
     @property
     def visible_as(self) -> str:
         return self.uuid or self.index
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    name: str
-    queues: str
-    env: dict[str, str]
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    spec: WorkerSpec | None = None
-    restarts: deque[float] = field(default_factory=lambda: deque(maxlen=8))
 
 
 # -- discovery and planning -----------------------------------------------------------------
@@ -154,109 +128,7 @@ def plan_workers(
     ]
 
 
-def worker_command(spec: WorkerSpec) -> list[str]:
-    return [sys.executable, "-m", "bot.cli", "worker", "--queues", spec.queues, "--name", spec.name]
-
-
-# -- running ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Supervisor:
-    children: list[Child] = field(default_factory=list)
-    command: Callable[[WorkerSpec], list[str]] = worker_command
-
-    def start_worker(self, queues: str, gpu: str | None = None) -> Child:
-        """A `dreambot worker` for `queues` (one queue per process keeps training off sampling)."""
-        suffix = f"-gpu{gpu}" if gpu is not None else ""
-        name = f"{queues.replace(',', '+')}{suffix}@{socket.gethostname()}"
-        env = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}
-        return self.start(WorkerSpec(name, queues, env))
-
-    def start(self, spec: WorkerSpec) -> Child:
-        proc = subprocess.Popen(
-            self.command(spec),
-            env={**os.environ, **spec.env},
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        child = Child(spec.name, proc, spec)
-        self.children.append(child)
-        log.info("started worker %s (pid %s) %s", spec.name, proc.pid, spec.env)
-        return child
-
-    def dead(self) -> list[Child]:
-        return [c for c in self.children if c.proc.poll() is not None]
-
-    def restart(self, child: Child) -> Child:
-        assert child.spec is not None
-        self.children.remove(child)
-        new = self.start(child.spec)
-        new.restarts = child.restarts
-        new.restarts.append(time.monotonic())
-        return new
-
-    def stop(self, timeout: float = 15) -> None:
-        """SIGTERM every child group (Celery's warm shutdown), then SIGKILL stragglers."""
-        for child in self.children:
-            _signal_group(child.proc, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in self.children:
-            try:
-                child.proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                log.warning("worker %s did not stop in %ss; killing it", child.name, timeout)
-            # The group, not only the leader: a pool child may outlive its parent.
-            _signal_group(child.proc, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(5)
-        self.children.clear()
-
-
-def run_workers(
-    specs: Sequence[WorkerSpec],
-    supervisor: Supervisor,
-    stop: threading.Event,
-    *,
-    max_restarts: int = 5,
-    window: float = 300.0,
-    stop_timeout: float = 30.0,
-) -> None:
-    """Start every spec, restart a child that dies, stop all on `stop` (or a crash loop)."""
-    for spec in specs:
-        supervisor.start(spec)
-    try:
-        while not stop.wait(1.0):
-            for child in supervisor.dead():
-                now = time.monotonic()
-                recent = [t for t in child.restarts if now - t < window]
-                if len(recent) >= max_restarts:
-                    raise LaunchError(
-                        f"worker {child.name} exited {len(recent) + 1} times in {int(window)} s "
-                        f"(last exit code {child.proc.returncode}); stopping every worker"
-                    )
-                log.warning("worker %s exited (code %s); restarting it", child.name, child.proc.returncode)
-                supervisor.restart(child)
-    finally:
-        supervisor.stop(stop_timeout)
-
-
-def stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM (systemd) and SIGINT (Ctrl-C) both mean: stop every worker, then exit."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the launcher dies, even by SIGKILL, so a
-    killed launcher never leaves GPU workers behind (Linux; elsewhere a no-op)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
+def up_workers(host: str | None = None) -> list[WorkerSpec]:
+    """`dreambot up`'s pair: `train@host` and `sample@host`, on whatever device they find."""
+    host = host or socket.gethostname()
+    return [WorkerSpec(f"{q}@{host}", q, {}) for q in QUEUES]

@@ -16,6 +16,7 @@ import uvicorn
 
 from bot.delivery import Delivery, Poster
 from bot.service import ConversationService
+from bot.up_console import announce
 from core import retention
 from core.settings import Settings
 
@@ -58,6 +59,16 @@ async def clean_up_periodically(settings: Settings, stop: asyncio.Event) -> None
             log.exception("retention clean-up failed; trying again next interval")
 
 
+async def announce_when_listening(server: uvicorn.Server, settings: Settings) -> None:
+    """The console's web line, once the socket accepts connections."""
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.05)
+    base = f"http://{settings.web_host}:{settings.web_port}"
+    announce(f"web: playground {base}/ · dashboard {base}/admin")
+
+
 async def run_bot(settings: Settings, web_app: object, stop: asyncio.Event | None = None) -> None:
     """Serve `web_app` with uvicorn beside every configured adapter and delivery until stopped."""
     stop = stop or asyncio.Event()
@@ -68,7 +79,14 @@ async def run_bot(settings: Settings, web_app: object, stop: asyncio.Event | Non
     if web_poster is not None:
         posters["web"] = web_poster
     delivery = Delivery(settings, posters)
-    config = uvicorn.Config(web_app, host=settings.web_host, port=settings.web_port, log_level="info")  # type: ignore[arg-type]
+    # log_config=None: uvicorn's lines go through our logging (the log file of `dreambot up`).
+    config = uvicorn.Config(
+        web_app,  # type: ignore[arg-type]
+        host=settings.web_host,
+        port=settings.web_port,
+        log_level="info",
+        log_config=None,
+    )
     server = uvicorn.Server(config)
     tasks = [
         asyncio.create_task(server.serve(), name="web"),
@@ -76,6 +94,7 @@ async def run_bot(settings: Settings, web_app: object, stop: asyncio.Event | Non
         asyncio.create_task(clean_up_periodically(settings, stop), name="retention"),
     ]
     tasks += [asyncio.create_task(a.run(stop), name=a.platform) for a in adapters]
+    tasks.append(asyncio.create_task(announce_when_listening(server, settings), name="web-line"))
     for adapter in adapters:
         log.info("%s adapter started", adapter.platform)
 

@@ -1,36 +1,65 @@
-"""The bot process of `dreambot up`: migrations, workers, sweeper, adapters and the web server."""
+"""The bot process of `dreambot up`: migrations, supervised workers, sweeper, adapters and web.
+
+SIGTERM and SIGINT both end it the same way: the web server and adapters wind down, then
+every worker the supervisor started is stopped (Celery's warm shutdown, then SIGKILL of
+what is left), so nothing it started outlives it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 
-from bot.launcher import Supervisor
+from bot.launcher import up_workers
 from bot.runtime import run_bot
+from bot.supervisor import LaunchError, Supervisor
+from bot.up_console import announce, base_model_line, chat_line, database_line, platforms_line
 from bot.web.app import create_app
+from bot.worker_rows import ready_probe
 from core import migrate
+from core.errors import DreambotError
 from core.settings import Settings
 from core.sweeper import SweeperThread
 
 log = logging.getLogger(__name__)
 
 
-def serve(settings: Settings, *, with_workers: bool = True) -> None:
+def serve(settings: Settings, *, with_workers: bool = True, verbose: bool = False) -> None:
     """Run until SIGINT/SIGTERM, then stop every child and thread cleanly."""
-    revision = migrate.upgrade(settings)
-    log.info("database schema at %s", revision)
-    supervisor = Supervisor()
+    # uvicorn re-raises the signal that stopped it once it has shut down: with SIGTERM's
+    # default action that would end this process before the workers are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    supervisor = Supervisor(
+        run_dir=settings.data_dir / "run",
+        log_dir=None if verbose else settings.data_dir / "logs",
+        probe=ready_probe(settings),
+        give_up="report",
+    )
+    stop = threading.Event()
+    watcher = threading.Thread(target=supervisor.run, args=(stop,), name="supervisor")
     sweeper = SweeperThread(settings)
     try:
+        announce(database_line(settings, migrate.upgrade(settings)))
+        announce(base_model_line(settings))
+        announce(chat_line(settings))
+        if (line := platforms_line(settings)) is not None:
+            announce(line)
         if with_workers:
-            supervisor.start_worker("train")
-            supervisor.start_worker("sample")
+            supervisor.claim(up_workers())
+            watcher.start()
         sweeper.start()
-        log.info("web playground on http://%s:%s/", settings.web_host, settings.web_port)
-        asyncio.run(run_bot(settings, create_app(settings)))
+        asyncio.run(run_bot(settings, create_app(settings, supervisor.states)))
+    except LaunchError as exc:
+        raise DreambotError(str(exc)) from None
     except KeyboardInterrupt:  # uvicorn re-raises the signal after its own clean shutdown
         pass
     finally:
         sweeper.stop()
-        supervisor.stop()
-        log.info("dreambot stopped")
+        stop.set()
+        if watcher.is_alive():
+            watcher.join()
+        else:
+            supervisor.release()
+        announce("dreambot stopped")

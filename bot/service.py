@@ -32,12 +32,12 @@ from core.dbclock import db_now
 from core.errors import NotFound, UserFacingError
 from core.models import Conversation, Job, PlatformEvent, Subject, User
 from core.photo_quality import PhotoReport
-from core.photos import validate_photo
+from core.photos import check_photo
 from core.settings import Settings
 from core.subjects import ConsentRequired, PhotosNeedConfirmation, coach_photos, start_training
+from core.uploads import check_uploads
 
 INTERACTION_LIFETIME = timedelta(minutes=15)
-MAX_UPLOAD_BYTES = 40 * 1024 * 1024  # larger files are refused before decoding
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,9 @@ class ConversationService:
         badges). Raises `UserFacingError` for a file that is not a usable photo."""
 
         def work() -> PhotoReport:
-            photos = [(u.data, u.filename) for u in _check_sizes(uploads)]
-            for data, filename in photos:
-                validate_photo(data, filename)
+            photos = [(u.data, u.filename) for u in _checked(uploads)]
+            for data, filename in photos:  # one decoded photo in memory at a time
+                check_photo(data, filename)
             return coach_photos(self.settings, photos, class_noun)
 
         return await asyncio.to_thread(work)
@@ -131,7 +131,7 @@ class ConversationService:
             return Reply("", duplicate=True)
         try:
             user_id, conv_id = await asyncio.to_thread(self._who_and_where, origin)
-            photos = [u.data for u in _check_sizes(uploads)]
+            photos = [u.data for u in _checked(uploads)]
         except UserFacingError as exc:
             return Reply(str(exc))
         answer = await handle_message(
@@ -286,7 +286,7 @@ class ConversationService:
                 owner_id=ctx.user_id,
                 name=name,
                 class_noun=class_noun,
-                photos=[(u.data, u.filename) for u in _check_sizes(uploads)],
+                photos=[(u.data, u.filename) for u in _checked(uploads)],
                 conversation_id=ctx.conversation_id,
                 idempotency_key=ctx.next_key(),
                 consent=consent,
@@ -397,11 +397,8 @@ class ConversationService:
         )
 
 
-def _check_sizes(uploads: list[Upload]) -> list[Upload]:
-    for upload in uploads:
-        if len(upload.data) > MAX_UPLOAD_BYTES:
-            raise UserFacingError(
-                f"“{upload.filename}” is {len(upload.data) / 1e6:.0f} MB; please send photos under "
-                f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB."
-            )
+def _checked(uploads: list[Upload]) -> list[Upload]:
+    """The uploads, once their sizes and pixel counts are within `core.uploads`' limits
+    (the adapters enforce the byte limits while downloading; this holds for any caller)."""
+    check_uploads([(u.filename, u.data) for u in uploads])
     return uploads

@@ -20,19 +20,22 @@ the whole set is soft). All thresholds are settings (`DREAMBOT_PHOTO_*`), read o
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from pydantic import BaseModel, Field
 from skimage import filters
 
 from core.photo_crop import Box, crop_strip, face_box, find_faces, fit_square, salient_box
-from core.photos import _to_rgb
+from core.photos import preview_rgb
 from core.settings import Settings
 
 ANALYSIS_SIDE = 512  # short side of the copy everything is measured on (training's size)
@@ -40,6 +43,11 @@ NEAR_BLACK, NEAR_WHITE = 0.06, 0.97  # luminance (0–1) of crushed shadows and 
 COLOUR_TOLERANCE = 0.08  # copies also share their mean colour (0–1 per channel)
 HASH_SIDE = 8  # dHash: 8×8 = 64 bits
 WORKERS = 4
+# Big decodes one at a time, in this process: a JPEG decodes small (at 1/2–1/8 scale), but
+# a 49 MP PNG is ~150 MB of pixels before it is reduced (intake's rule: one such photo in
+# memory at a time).
+BIG_DECODE = 4_000_000  # pixels
+_DECODING = threading.Lock()
 
 Verdict = Literal["ok", "warn", "drop"]
 # What each problem makes a photo: (as part of "This photo …", in a set summary for one, for many).
@@ -139,19 +147,29 @@ class _Measured:
 
 
 def analysis_copy(data: bytes) -> tuple[Image.Image, int, int]:
-    """The photo upright and in RGB, `ANALYSIS_SIDE` on its short side (never enlarged),
-    with the full photo's upright width and height."""
-    with Image.open(io.BytesIO(data)) as image:
+    """The photo upright and in RGB, about `ANALYSIS_SIDE` on its short side (never
+    enlarged; decoded as intake's `preview_rgb` decodes: a JPEG at a fraction of its size),
+    with the full photo's upright width and height. A photo that decodes big (a PNG is
+    decoded whole before it is reduced) waits for the others: one at a time."""
+    with Image.open(io.BytesIO(data)) as image:  # the header only
         width, height = image.size
-        if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # stored sideways
+        longest = math.ceil(ANALYSIS_SIDE * max(width, height) / max(1, min(width, height)))
+        image.draft(None, (longest, longest))  # the scale a JPEG will decode at; decodes nothing
+        big = image.width * image.height > BIG_DECODE
+    with _DECODING if big else contextlib.nullcontext():
+        if _sideways(data):
             width, height = height, width
-        image.draft("RGB", (ANALYSIS_SIDE, ANALYSIS_SIDE))  # JPEG: decode at a fraction
-        rgb = _to_rgb(ImageOps.exif_transpose(image) or image)
-    factor = ANALYSIS_SIDE / min(rgb.size)
-    if factor < 1:
-        size = (max(1, round(rgb.width * factor)), max(1, round(rgb.height * factor)))
-        rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return rgb, width, height
+        return preview_rgb(data, longest, reducing_gap=1.0), width, height
+
+
+def _sideways(data: bytes) -> bool:
+    """Whether the photo's EXIF says it is stored turned by 90°. A PNG's EXIF can come after
+    its pixels, which are then decoded to find it (and released on return)."""
+    image = Image.open(io.BytesIO(data))
+    try:
+        return image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    finally:
+        image.close()
 
 
 def dhash(gray: Image.Image) -> int:
@@ -269,8 +287,8 @@ def check_photos(
     """Score each photo and the set. `person`: look for exactly one face and crop on it.
     `strip`: also render the kept crops side by side (`PhotoReport.strip`)."""
     limits = limits or PhotoThresholds()
-    # Threads overlap one photo's JPEG decoding (Pillow lets go of the GIL) with another's
-    # face search (which holds it).
+    # Threads overlap one photo's decoding (Pillow lets go of the GIL; big ones one at a
+    # time, see `_DECODING`) with another's face search (which holds it).
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         measured = list(pool.map(lambda p: measure(p[0], person, limits.min_crop_side), photos))
     median = float(np.median([m.sharpness for m in measured])) if measured else 0.0

@@ -144,8 +144,9 @@ class Settings(BaseSettings):
     # -- diffusion ------------------------------------------------------------------------
     base_model: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        description="Stable Diffusion base model: a hub id, a local folder, or storage:<key prefix> "
-        "(published with `dreambot model publish`; copied once to each worker's model cache)",
+        description="Stable Diffusion base model: a hub id (downloaded once per host on first use, or ahead "
+        "with `dreambot model pull`), a local folder, or storage:<key prefix> (published with `dreambot "
+        "model publish`; copied once to each worker's model cache)",
     )
     train_config: Path | None = Field(
         None, description="YAML/JSON file with deployment-wide training defaults"
@@ -181,7 +182,9 @@ class Settings(BaseSettings):
     )
     lora_cache_bytes: int = Field(4 * 1024**3, ge=0, description="LoRA disk cache size limit in bytes")
     model_cache_dir: Path | None = Field(
-        None, description="local copies of storage: base models; default <data_dir>/model-cache"
+        None,
+        description="local copies of base models (storage: ones, and hub ones under hub/); default "
+        "<data_dir>/model-cache",
     )
     model_cache_bytes: int = Field(
         40 * 1024**3, ge=0, description="base model disk cache size limit in bytes (fit two models at least)"

@@ -1,14 +1,14 @@
 """Subjects: creating one from photos and starting its training, in one place.
 
 `/train` in chat, the agent's `train_subject` tool and the CLI all call `start_training`,
-so the rules (3–10 valid photos, a unique name, a rare token unique among the person's
-subjects, quotas, idempotency on the platform event) live here once.
+so the rules (3–10 valid photos, a name and class noun as `core.names` allows them, a
+unique name, a rare token unique among the person's subjects, quotas, idempotency on the
+platform event) live here once.
 """
 
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,27 +19,21 @@ from core.db import session_scope
 from core.dbclock import db_now
 from core.errors import UserFacingError
 from core.models import Job, Subject, User
+from core.names import kind_of, subject_names
 from core.photo_quality import PhotoReport, PhotoThresholds, check_photos
-from core.photos import store_subject_photos, validate_photo
+from core.photos import check_photo, store_subject_photos
 from core.quotas import check_job_quota
 from core.settings import Settings
 from core.storage import storage_from_settings
 
 MIN_PHOTOS, MAX_PHOTOS = 3, 10
 RARE_TOKENS = ("zwx", "sks", "ohwx", "qzv", "vkb", "xjy", "pqd", "wlx", "tzk", "bfy")
-PET_NOUNS = {"dog", "cat", "puppy", "kitten", "horse", "rabbit", "bird", "parrot", "hamster", "pet"}
-PERSON_NOUNS = {
-    "person", "man", "woman", "boy", "girl", "child", "kid", "baby", "guy", "lady",
-    "people", "human", "me", "myself", "selfie", "teen", "toddler",
-    "adult", "husband", "wife", "son", "daughter", "mother", "father", "mom", "dad", "friend",
-}  # fmt: skip
 # What a person confirms before photos of a person are used. Stored with the subject.
 # The class noun (or the agent's subject_kind) decides; the photo coach's face detector only advises.
 CONSENT_TEXT = (
     "I have the right to use these photos: they show me, or the person in them agreed "
     "to me training a model of them."
 )
-NAME_RE = re.compile(r"^[\w][\w .'-]{0,39}$")
 
 
 class SubjectError(UserFacingError):
@@ -67,12 +61,6 @@ class TrainingStarted:
     token: str
     existing: bool  # this event had already started it (a retry or double click)
     photos: int = 0  # photos it trains on (copies the coach dropped are not)
-
-
-def kind_of(class_noun: str) -> str:
-    """object | pet | person: picks the training preset."""
-    noun = class_noun.lower().strip()
-    return "pet" if noun in PET_NOUNS else "person" if noun in PERSON_NOUNS else "object"
 
 
 def pick_token(used: set[str]) -> str:
@@ -103,7 +91,7 @@ def coach_photos(
     subject_kind: str | None = None,
     strip: bool = False,
 ) -> PhotoReport:
-    """The photo coach's report on photos that passed `validate_photo`: what every surface
+    """The photo coach's report on photos that passed `check_photo`: what every surface
     shows before training (and `describe_photos` gives the agent). `strip`: with the
     picture of the crops for the training card."""
     person = "person" in (kind_of(class_noun or "object"), subject_kind)
@@ -147,9 +135,7 @@ def start_training(
     `PhotosNeedConfirmation` unless `confirmed` (the person said "train anyway"). Photos it
     drops as copies are not stored; the others are stored with their training crop.
     """
-    name, class_noun = name.strip(), (class_noun.strip().lower() or "object")
-    if not NAME_RE.match(name):
-        raise SubjectError("Pick a short name for your subject (letters, digits, spaces; up to 40).")
+    name, class_noun = subject_names(name, class_noun)  # or NameRefused
     if not consent and "person" in (kind_of(class_noun), subject_kind):
         raise ConsentRequired(
             f"“{name}” is a person, so I need your confirmation first: {CONSENT_TEXT} "
@@ -157,8 +143,8 @@ def start_training(
             "set consent to yes, or just tell me in the chat)."
         )
     check_photo_count(len(photos))
-    for data, filename in photos:  # reject before creating anything
-        validate_photo(data, filename)
+    for data, filename in photos:  # reject before creating anything, one photo in memory at a time
+        check_photo(data, filename)
     report = coach_photos(settings, photos, class_noun, subject_kind, strip=True)
     check_distinct(report)
     if report.needs_confirmation and not confirmed:
@@ -193,7 +179,7 @@ def start_training(
         subject_id, token = subject.id, subject.token
     try:
         store_subject_photos(
-            settings, subject_id, [photos[i] for i in report.kept], crops=report.kept_crops()
+            settings, subject_id, [photos[i] for i in report.kept], crops=report.kept_crops(), checked=True
         )
         job = jobs.submit(
             settings,

@@ -10,6 +10,7 @@ the parent before it forks.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -101,7 +102,9 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # A parent that touched CUDA would hand broken CUDA to every child it forks later (a
     # restarted pool child): then the GPUs are described by the child's warm-up instead.
-    _record_presence(name, queues, describe_machine(str(settings.data_dir), probe_gpus=not _forks))
+    # The pid lets a launcher tell the worker it started from one an earlier run left behind.
+    info = {**describe_machine(str(settings.data_dir), probe_gpus=not _forks), "pid": os.getpid()}
+    _record_presence(name, queues, info)
     threading.Thread(target=_presence_loop, args=(name,), daemon=True).start()
     log.info("worker %s ready on %s", name, queues)
 

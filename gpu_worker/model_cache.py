@@ -2,8 +2,9 @@
 
 `DREAMBOT_BASE_MODEL` names a base model three ways:
 
-* a hub id (`stable-diffusion-v1-5/stable-diffusion-v1-5`): passed to `from_pretrained`
-  unchanged; huggingface_hub keeps its own verified, locked cache (`HF_HOME`);
+* a hub id (`stable-diffusion-v1-5/stable-diffusion-v1-5`): downloaded once into
+  `MODEL_CACHE_DIR/hub/` by `gpu_worker/hub_models.py` (`model_fetch.py`, which every
+  load path calls, asks for it);
 * a local folder: used in place, unchanged;
 * `storage:<key prefix>` (`storage:models/sd15`): a model published into the deployment's
   storage (local folder or S3) by `publish_base_model` / `dreambot model publish`, next
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 STORAGE_SCHEME = "storage:"
 MANIFEST = "manifest.json"
 LAST_USED = ".last-used"  # touched on every resolve; its mtime orders the LRU
+HUB_FOLDER = "hub"  # hub base models (gpu_worker/hub_models.py): never evicted as a storage copy
 KEEP_RECENT = 1  # most recently resolved other models never evicted (see the module doc)
 
 
@@ -163,6 +165,10 @@ class ModelCache:
             self._trim(keep=folder)
         return Resolved(folder, downloaded)
 
+    def manifest(self, prefix: str) -> Manifest:
+        """The manifest published under `prefix` (one-sentence errors when it is not)."""
+        return self._manifest(prefix, f"{STORAGE_SCHEME}{prefix}")
+
     def folder_for(self, prefix: str) -> Path:
         """Where the model now published under `prefix` is (or will be) kept on this host."""
         return self._folder(prefix, self._manifest(prefix, f"{STORAGE_SCHEME}{prefix}"))
@@ -244,7 +250,11 @@ class ModelCache:
 
     def models(self) -> list[Path]:
         """Cached model folders, least recently resolved first."""
-        folders = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        folders = [
+            p
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name != HUB_FOLDER
+        ]
         return sorted(folders, key=_last_used)
 
     def _trim(self, keep: Path) -> None:
@@ -293,10 +303,13 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def cache_root(settings: Settings) -> Path:
+    return Path(settings.model_cache_dir or (Path(settings.data_dir) / "model-cache"))
+
+
 def model_cache(settings: Settings) -> ModelCache:
     """The base model cache of these settings (cheap; the folder is the state)."""
-    root = settings.model_cache_dir or (Path(settings.data_dir) / "model-cache")
-    return ModelCache(root, storage_from_settings(settings), settings.model_cache_bytes)
+    return ModelCache(cache_root(settings), storage_from_settings(settings), settings.model_cache_bytes)
 
 
 def resolve_base_model(settings: Settings, name: str) -> str:

@@ -1,4 +1,4 @@
-"""`dreambot model …`: put a base model into dreambot's storage for every GPU host."""
+"""`dreambot model …`: fetch a base model ahead of time, or put one into dreambot's storage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,58 @@ from typing import Annotated
 
 import typer
 
-model_app = typer.Typer(help="Base models kept in dreambot's storage.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Base models: download one ahead of time, or publish one to storage.", no_args_is_help=True
+)
+
+
+@model_app.command("pull")
+def pull(
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="a hub id, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5",
+            show_default="DREAMBOT_BASE_MODEL",
+        ),
+    ] = None,
+) -> None:
+    """Download a base model into this host's model cache now, with a progress bar, so the
+    first training does not wait for it (a second pull downloads nothing)."""
+    from tqdm import tqdm
+
+    from core.errors import DreambotError
+    from core.settings import SettingsError, load_settings
+    from gpu_worker import hub_models, model_fetch
+
+    bar: tqdm | None = None
+
+    def show(d: hub_models.Download) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=d.total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=True)
+        bar.update(d.done - bar.n)
+
+    try:
+        settings = load_settings()
+        name = model or settings.base_model
+        kind = model_fetch.model_kind(name)
+        if kind != "hub":
+            path = model_fetch.local_base_model(name, settings)  # a storage model: copied once
+            typer.echo(f"{name} is {'a local folder' if kind == 'folder' else 'on this host'}: {path}")
+            return
+        got = hub_models.pull(settings, name, on_progress=show)
+    except (DreambotError, SettingsError, OSError) as exc:
+        typer.secho(f"dreambot: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    what = "downloaded" if got.downloaded else "already here, nothing downloaded"
+    typer.echo(
+        f"{name}: {tqdm.format_sizeof(got.bytes, 'B')} in {got.path} ({what})\n"
+        f"workers on this host use it now; for a host without the hub: DREAMBOT_BASE_MODEL={got.path}, "
+        f"or dreambot model publish {got.path} --as models/NAME"
+    )
 
 
 @model_app.command("publish")

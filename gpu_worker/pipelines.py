@@ -32,7 +32,7 @@ from core.sample_request import SampleRequest
 from core.settings import Settings
 from core.storage import storage_from_settings
 from gpu_worker.lora_cache import AdapterRef, LoraDiskCache
-from gpu_worker.model_cache import resolve_base_model
+from gpu_worker.model_fetch import local_base_model
 from gpu_worker.resident_adapters import ResidentAdapters
 
 log = logging.getLogger(__name__)
@@ -152,9 +152,7 @@ def _load(settings: Settings) -> Resident:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     # The name (`storage:models/sd15`) stays the key and what subjects record; only the
     # load reads the host's local copy.
-    pipe = StableDiffusionPipeline.from_pretrained(
-        resolve_base_model(settings, settings.base_model), **kwargs
-    )
+    pipe = StableDiffusionPipeline.from_pretrained(local_base_model(settings.base_model, settings), **kwargs)
     # The model's own scheduler config is kept for `make_scheduler`; `from_pretrained`
     # gives the checkpoint's default (PNDM for SD 1.5), replaced per request.
     pipe.set_progress_bar_config(disable=True)

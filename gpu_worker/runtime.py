@@ -22,6 +22,7 @@ from core.errors import JobCancelled, LeaseLost, UserFacingError
 from core.logs import bind_job
 from core.models import Job
 from core.settings import Settings
+from gpu_worker.model_fetch import report_downloads_to
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def _finish(settings: Settings, ctx: JobContext, body: Callable[[JobContext], di
     lease = ctx.lease
     try:
         try:
-            result = body(ctx)
+            with report_downloads_to(ctx.progress):  # a base model fetched first shows on the card
+                result = body(ctx)
             ctx.check_cancelled()
             jobs.finish(settings, lease, result)
             return "succeeded"

@@ -30,6 +30,7 @@ from core.dbclock import db_now
 from core.models import Worker
 from core.queue import SAMPLE, TRAIN
 from core.settings import Settings
+from gpu_worker.model_fetch import without_downloads
 
 log = logging.getLogger(__name__)
 Report = Callable[[str], None]  # a short phrase: what is being warmed now
@@ -138,7 +139,8 @@ def warm_worker(settings: Settings, name: str, consumed: Iterable[str], queues: 
 def _warm_one(queue: str, settings: Settings, report: Report) -> dict[str, Any]:
     start = time.monotonic()
     try:
-        done = WARMERS[queue](settings, report)
+        with without_downloads():  # a hub model not here yet: the first job fetches it, visibly
+            done = WARMERS[queue](settings, report)
     except Exception as exc:
         log.warning("warm-up of the %s queue failed; serving without it: %s", queue, exc)
         done = {"error": f"{type(exc).__name__}: {exc}"[:500]}

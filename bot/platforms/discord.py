@@ -26,28 +26,34 @@ from discord import app_commands
 
 from bot.cards import parse_forget_id
 from bot.platforms import discord_commands
-from bot.platforms.discord_commands import ConsentView, PhotoCheckView
+from bot.platforms.discord_commands import ConsentView, HeldTraining, PhotoCheckView
 from bot.platforms.discord_convert import (
     clip,
     interaction_origin,
     message_origin,
     place_of,
     thread_name,
-    too_big,
     view_of,
     where_to_post,
     without_mention,
 )
 from bot.platforms.discord_poster import DiscordPoster
 from bot.platforms.discord_transport import install, routed_webhooks
+from bot.platforms.downloads import Attached, DownloadRefused, Source, download_all
 from bot.service import ConversationService, Reply, Upload
+from bot.up_console import announce
+from core.names import NameRefused, subject_names
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ALREADY_ACKNOWLEDGED = 40060  # Discord's code: this interaction was answered before
 SORRY = "Sorry, something went wrong on my side. Please try again in a minute."
-NO_DOWNLOAD = "I couldn't download “{name}” from Discord; please send it again."
+CDN = Source(
+    headers={},
+    unavailable="I couldn't download “{name}” from Discord; please send it again.",
+    failed="I couldn't download “{name}” from Discord; please send it again.",
+)
 THREAD_ARCHIVE_MINUTES = 1440
 ASK_CONSENT = "Press “I confirm — train” below, or run /train again with consent: True."
 
@@ -59,6 +65,9 @@ class _Client(discord.Client):
 
     async def setup_hook(self) -> None:
         await self.adapter.on_setup()
+
+    async def on_ready(self) -> None:
+        announce(f"discord: connected as {self.user}")
 
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
@@ -77,6 +86,7 @@ class DiscordAdapter:
         self.service = service
         self.api_base = settings.discord_api_base
         self.message_content = settings.discord_message_content
+        self._session: aiohttp.ClientSession | None = None  # attachment downloads
         self.client = self._build_client()
         self.poster = DiscordPoster(self.client, self.api_base, settings.discord_max_upload_bytes)
 
@@ -97,6 +107,13 @@ class DiscordAdapter:
         an unreachable Discord is retried with backoff; a refused token stops only this adapter."""
         assert self.settings.discord_token is not None
         token = self.settings.discord_token.get_secret_value()
+        try:
+            await self._connect(stop, token)
+        finally:
+            if self._session is not None:
+                await self._session.close()
+
+    async def _connect(self, stop: asyncio.Event, token: str) -> None:
         failures = 0
         with routed_webhooks(self.api_base):  # the client's tasks inherit this context
             while not stop.is_set():
@@ -160,6 +177,11 @@ class DiscordAdapter:
     ) -> None:
         if not await self.defer(interaction):
             return
+        try:  # before any download or thread: a name outside the rules goes back at once
+            name, class_noun = subject_names(name, class_noun)
+        except NameRefused as exc:
+            await self.answer(interaction, Reply(str(exc), ephemeral=True))
+            return
         uploads = await self._download(interaction, photos)
         if uploads is None:
             return
@@ -173,14 +195,14 @@ class DiscordAdapter:
                 await thread.delete()
         if reply.duplicate:
             return
+        held = HeldTraining(name, class_noun, photos, consent, keep_photos)
         if reply.needs_consent:  # this event is spent: confirming is a new one (the button)
             text = f"{reply.text}\n{ASK_CONSENT}"
-            view = ConsentView(self, interaction.user.id, name, class_noun, photos, keep_photos)
+            view = ConsentView(self, interaction.user.id, held)
             await self.answer(interaction, replace(reply, text=text), view=view)
             return
         if reply.photo_check is not None:  # the coach asks first: "Train anyway" trains (a new event)
-            args = (name, class_noun, photos, consent, keep_photos)
-            await self.answer(interaction, reply, view=PhotoCheckView(self, interaction.user.id, *args))
+            await self.answer(interaction, reply, view=PhotoCheckView(self, interaction.user.id, held))
             return
         text = reply.text + (f"\nFollow along in {thread.mention}." if thread and reply.job_ids else "")
         await self.answer(interaction, replace(reply, text=text))
@@ -233,18 +255,20 @@ class DiscordAdapter:
     async def _download(
         self, interaction: discord.Interaction, photos: list[discord.Attachment]
     ) -> list[Upload] | None:
-        for photo in photos:  # refuse huge files before downloading anything
-            if (refusal := too_big(photo)) is not None:
-                await self.answer(interaction, Reply(refusal, ephemeral=True))
-                return None
-        uploads = []
-        for photo in photos:
-            try:
-                uploads.append(Upload(photo.filename, await photo.read()))
-            except (discord.HTTPException, aiohttp.ClientError, OSError):
-                await self.answer(interaction, Reply(NO_DOWNLOAD.format(name=photo.filename), ephemeral=True))
-                return None
-        return uploads
+        """The photos, or None after telling the person why not (too large, unavailable)."""
+        try:
+            return await self.fetch(photos)
+        except DownloadRefused as exc:
+            await self.answer(interaction, Reply(str(exc), ephemeral=True))
+            return None
+
+    async def fetch(self, attachments: list[discord.Attachment]) -> list[Upload]:
+        """Attachments from the CDN within the upload limits: declared sizes first, then
+        each body read in chunks and dropped past a limit (`bot.platforms.downloads`)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        files = [Attached(a.filename, a.url, a.size) for a in attachments]
+        return await download_all(self._session, files, CDN)
 
     async def _training_thread(self, interaction: discord.Interaction, name: str) -> discord.Thread | None:
         """A public thread for the training, unless we are in a DM or a thread already."""
@@ -314,12 +338,11 @@ class DiscordAdapter:
         assert self.client.user is not None
         text = without_mention(message.content, self.client.user.id)
         try:
-            uploads = []
-            for attachment in message.attachments:
-                if (refusal := too_big(attachment)) is not None:
-                    await message.reply(refusal, mention_author=False)
-                    return
-                uploads.append(Upload(attachment.filename, await attachment.read()))
+            try:
+                uploads = await self.fetch(list(message.attachments))
+            except DownloadRefused as exc:
+                await message.reply(str(exc), mention_author=False)
+                return
             origin = message_origin(message)
             if message.guild is not None and not origin.thread_id:
                 # A mention in a channel starts a thread: the conversation lives there.

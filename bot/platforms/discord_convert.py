@@ -14,7 +14,7 @@ import discord
 from PIL import Image
 
 from bot.cards import Button
-from bot.service import MAX_UPLOAD_BYTES, Origin
+from bot.service import Origin
 from core.image_codec import fit_under
 
 MAX_FILES_PER_MESSAGE = 10  # Discord's limit on attachments per message
@@ -82,16 +82,6 @@ def without_mention(text: str, bot_id: int) -> str:
     for form in (f"<@{bot_id}>", f"<@!{bot_id}>"):
         text = text.replace(form, "")
     return " ".join(text.split())
-
-
-def too_big(attachment: discord.Attachment) -> str | None:
-    """A refusal for a file we will not even download (the service's wording and limit)."""
-    if attachment.size <= MAX_UPLOAD_BYTES:
-        return None
-    return (
-        f"“{attachment.filename}” is {attachment.size / 1e6:.0f} MB; please send photos under "
-        f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB."
-    )
 
 
 def clip(text: str) -> str:

@@ -59,17 +59,17 @@ from bot.platforms.slack_convert import (
     command_origin,
     download,
     event_origin,
+    form_errors,
     strip_mentions,
     train_modal,
     train_values,
 )
 from bot.platforms.slack_poster import SlackPoster, blocks_for, slack_error
 from bot.service import ConversationService, Origin, Reply, Upload
+from bot.up_console import announce
 from core.db import session_scope
-from core.errors import UserFacingError
 from core.models import Conversation
 from core.settings import Settings, SettingsError
-from core.subjects import check_photo_count
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ class SlackAdapter:
             self.app, self.settings.slack_app_token.get_secret_value(), web_client=self.client
         )
         await handler.connect_async()
+        announce("slack: connected (Socket Mode)")
         try:
             await stop.wait()
         finally:
@@ -154,6 +155,9 @@ class SlackAdapter:
         )
         server = _QuietServer(config)
         task = asyncio.create_task(server.serve())
+        announce(
+            f"slack: receiving events on http://{self.settings.slack_http_host}:{self.settings.slack_http_port}/slack/events"
+        )
         try:
             await stop.wait()
         finally:
@@ -215,10 +219,8 @@ class SlackAdapter:
         self, ack: Any, body: dict[str, Any], view: dict[str, Any], context: AsyncBoltContext
     ) -> None:
         form = train_values(view)
-        try:
-            check_photo_count(len(form.files))  # cheap, so it can go back into the modal itself
-        except UserFacingError as exc:
-            await ack(response_action="errors", errors={"photos": str(exc)[:150]})
+        if errors := form_errors(form):  # cheap checks go back into the modal itself
+            await ack(response_action="errors", errors=errors)
             return
         await ack()
         await after_ack(context)

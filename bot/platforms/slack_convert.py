@@ -12,16 +12,15 @@ from typing import Any
 
 import aiohttp
 
-from bot.service import MAX_UPLOAD_BYTES, Origin, Upload
-from core.subjects import MAX_PHOTOS
+from bot.platforms.downloads import Attached, DownloadRefused, Source, download_all
+from bot.service import Origin, Upload
+from core.errors import UserFacingError
+from core.names import NameRefused, class_noun, subject_name
+from core.subjects import MAX_PHOTOS, check_photo_count
 
 TRAIN_CALLBACK = "dreambot_train"
 PHOTO_TYPES = ["jpg", "jpeg", "png", "webp", "heic", "heif"]
 _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
-
-
-class DownloadRefused(Exception):
-    """A file we will not pass on; the message is for the person."""
 
 
 def event_origin(body: dict[str, Any], event: dict[str, Any], *, in_thread: bool = True) -> Origin:
@@ -163,36 +162,37 @@ def train_values(view: dict[str, Any]) -> TrainForm:
     )
 
 
+def form_errors(form: TrainForm) -> dict[str, str]:
+    """What is wrong with a submitted /train modal, by block, for Slack to show under each
+    field (the photo count and the name rules: checks that need no download)."""
+    errors = {}
+    try:
+        check_photo_count(len(form.files))
+    except UserFacingError as exc:
+        errors["photos"] = str(exc)[:150]
+    for block, check in (("name", subject_name), ("class_noun", class_noun)):
+        try:
+            check(getattr(form, block))
+        except NameRefused as exc:
+            errors[block] = str(exc)[:150]
+    return errors
+
+
 async def download(session: aiohttp.ClientSession, token: str, files: list[dict[str, Any]]) -> list[Upload]:
-    """Fetch shared files with the bot token; refuse huge ones without reading them whole."""
-    uploads = []
+    """Fetch shared files with the bot token, within the upload limits (`downloads`)."""
+    attached = []
     for f in files:
         name = str(f.get("name") or f.get("title") or "photo")
-        size = int(f.get("size") or 0)
-        if size > MAX_UPLOAD_BYTES:
-            raise DownloadRefused(_too_big(name, size))
         url = f.get("url_private_download") or f.get("url_private")
         if not url:
             raise DownloadRefused(f"I couldn't open “{name}”; please attach it again.")
-        try:
-            async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
-                # Without access Slack answers 200 with its sign-in page, so check the type too.
-                if resp.status != 200 or resp.content_type == "text/html":
-                    raise DownloadRefused(
-                        f"I couldn't download “{name}” from Slack (is dreambot in this channel?)."
-                    )
-                data = bytearray()
-                async for chunk in resp.content.iter_chunked(1 << 16):
-                    data += chunk
-                    if len(data) > MAX_UPLOAD_BYTES:  # stop reading: the size field understated it
-                        raise DownloadRefused(_too_big(name, resp.content_length or len(data)))
-        except aiohttp.ClientError as exc:
-            raise DownloadRefused(f"I couldn't download “{name}” from Slack; please try again.") from exc
-        uploads.append(Upload(name, bytes(data)))
-    return uploads
+        attached.append(Attached(name, str(url), int(f["size"]) if f.get("size") else None))
+    return await download_all(session, attached, _slack_source(token))
 
 
-def _too_big(name: str, size: int) -> str:
-    return (
-        f"“{name}” is {size / 1e6:.0f} MB; please send photos under {MAX_UPLOAD_BYTES // (1024 * 1024)} MB."
+def _slack_source(token: str) -> Source:
+    return Source(
+        headers={"Authorization": f"Bearer {token}"},
+        unavailable="I couldn't download “{name}” from Slack (is dreambot in this channel?).",
+        failed="I couldn't download “{name}” from Slack; please try again.",
     )

@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import select
 
+from agent.chat_mode import chat_status
 from bot.cards import image_buttons, render_card
 from bot.delivery import OutMessage, Target, job_snapshot
 from bot.service import ConversationService, Origin, Reply, Upload
@@ -29,15 +30,24 @@ from core import stats
 from core.db import session_scope
 from core.errors import UserFacingError
 from core.models import Conversation, ConversationMessage, Image, Job, User
+from core.names import NameRefused, subject_names
+from core.names import class_noun as checked_class_noun
 from core.photo_quality import PhotoReport
 from core.settings import LOOPBACK_HOSTS, Settings
 from core.storage import storage_from_settings
+from core.uploads import CHUNK_BYTES, MAX_TOTAL_BYTES, UploadBudget, UploadTooLarge
 
 COOKIE = "dreambot_web"
 PLATFORM = "web"
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "web" / "templates"))
 STREAM_INTERVAL = 0.5
 MAX_FILES = 10
+# Whole request bodies, counted by FastAPI while they arrive (and refused at once on a
+# Content-Length over it): the photos' limit plus room for the text fields and multipart
+# framing on the upload routes; a small form everywhere else.
+MAX_UPLOAD_REQUEST = MAX_TOTAL_BYTES + 2**20
+MAX_FORM_REQUEST = 64 * 1024
+UPLOAD_FORM_LIMITS = {"max_files": MAX_FILES}
 # Scripts and styles from /static only, nothing inline; chosen photos preview as blob: URLs.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -87,11 +97,26 @@ def _origin(visitor: str, event_id: str = "") -> Origin:
     return Origin(PLATFORM, visitor, "web visitor", channel_id=visitor, event_id=event_id)
 
 
-async def _uploads(files: list[UploadFile] | None) -> list[Upload]:
-    files = files or []
-    if len(files) > MAX_FILES:
+async def read_uploads(files: list[UploadFile] | None) -> list[Upload]:
+    """The form's files as `Upload`s, within `core.uploads`' limits.
+
+    Starlette has spooled each file to a temporary file (on disk past 1 MB) while the body
+    arrived; the sizes it counted are checked before anything is read back into memory,
+    and reading stops past a limit all the same."""
+    chosen = [f for f in files or [] if f.filename]
+    if len(chosen) > MAX_FILES:
         raise HTTPException(413, f"Send at most {MAX_FILES} files at once.")
-    return [Upload(f.filename or "upload", await f.read()) for f in files if f.filename]
+    budget = UploadBudget()
+    try:
+        budget.check_declared([(str(f.filename), f.size) for f in chosen])
+        return [Upload(str(f.filename), await budget.read(str(f.filename), _chunks(f))) for f in chosen]
+    except UploadTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(CHUNK_BYTES):
+        yield chunk
 
 
 def _reply(reply: Reply) -> JSONResponse:
@@ -131,12 +156,16 @@ Visitor = Annotated[str, Depends(current_visitor)]
 
 
 def playground_router(settings: Settings, service: ConversationService) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(max_body_size=MAX_FORM_REQUEST)
 
     @router.get("/", response_class=HTMLResponse)
     def page(request: Request) -> HTMLResponse:
         _require_login(request, settings)
-        response = TEMPLATES.TemplateResponse(request, "playground.html", {})
+        response = TEMPLATES.TemplateResponse(
+            request,
+            "playground.html",
+            {"max_upload_mb": MAX_TOTAL_BYTES // 2**20, "chat": chat_status(settings)},
+        )
         response.headers.update(SECURITY_HEADERS)
         if not _visitor(request, settings):
             token = URLSafeSerializer(settings.session_secret_value(), salt="playground").dumps(
@@ -152,16 +181,16 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
             )
         return response
 
-    @router.post("/api/chat")
+    @router.post("/api/chat", max_body_size=MAX_UPLOAD_REQUEST, form_limits=UPLOAD_FORM_LIMITS)
     async def chat(
         who: Visitor,
         text: Annotated[str, Form()] = "",
         event_id: Annotated[str, Form()] = "",
         files: Annotated[list[UploadFile] | None, File()] = None,
     ) -> JSONResponse:
-        return _reply(await service.chat(_origin(who, event_id), text, await _uploads(files)))
+        return _reply(await service.chat(_origin(who, event_id), text, await read_uploads(files)))
 
-    @router.post("/api/train")
+    @router.post("/api/train", max_body_size=MAX_UPLOAD_REQUEST, form_limits=UPLOAD_FORM_LIMITS)
     async def train(
         who: Visitor,
         name: Annotated[str, Form()],
@@ -172,19 +201,24 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
         keep_photos: Annotated[bool, Form()] = False,
         confirmed: Annotated[bool, Form()] = False,  # the person saw the photo check and trains anyway
     ) -> JSONResponse:
-        uploads = await _uploads(files)
+        try:  # before the photos are read back from their temporary files
+            subject_names(name, class_noun)
+        except NameRefused as exc:
+            return _reply(Reply(str(exc)))
+        uploads = await read_uploads(files)
         origin = _origin(who, event_id)
         return _reply(await service.train(origin, name, class_noun, uploads, consent, keep_photos, confirmed))
 
-    @router.post("/api/photos/check")
+    @router.post("/api/photos/check", max_body_size=MAX_UPLOAD_REQUEST, form_limits=UPLOAD_FORM_LIMITS)
     async def photos_check(
         who: Visitor,
         class_noun: Annotated[str, Form()] = "",
         files: Annotated[list[UploadFile] | None, File()] = None,
     ) -> JSONResponse:
         """The photo coach's verdicts for the chosen photos, before Train is pressed."""
-        try:
-            report = await service.check_photos(class_noun, await _uploads(files))
+        try:  # the class noun first, as /api/train checks it: before any photo is read
+            noun = checked_class_noun(class_noun)
+            report = await service.check_photos(noun, await read_uploads(files))
         except UserFacingError as exc:
             return JSONResponse({"error": str(exc)})
         return JSONResponse(_photo_check(report))

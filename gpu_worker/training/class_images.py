@@ -199,13 +199,11 @@ def _generate(
     comps: Components | None = None,
 ) -> float:
     """Generate and store `indices`; returns the seconds spent sampling (not loading)."""
-    from gpu_worker.model_cache import is_storage_model, resolve_base_model
+    from gpu_worker.model_fetch import local_base_model
 
-    path = base_model
-    if comps is None and is_storage_model(base_model):  # resolved again: refreshes the copy's last use
-        from core.settings import get_settings
-
-        path = resolve_base_model(settings or get_settings(), base_model)
+    # The training's own parts when given; else read from this host (a hub model fetched
+    # once, a storage copy refreshed in the cache's LRU).
+    path = base_model if comps is not None else local_base_model(base_model, settings)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     pipe = pipeline(comps, path, device)

@@ -53,13 +53,9 @@ def load_components(base_model: str, settings: Settings | None = None) -> Compon
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from core.errors import UserFacingError
-    from gpu_worker.model_cache import is_storage_model, resolve_base_model
+    from gpu_worker.model_fetch import local_base_model
 
-    path = base_model
-    if is_storage_model(base_model):
-        from core.settings import get_settings
-
-        path = resolve_base_model(settings or get_settings(), base_model)
+    path = local_base_model(base_model, settings)  # hub: downloaded once; storage: copied once
     try:
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")

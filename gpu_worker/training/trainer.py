@@ -318,6 +318,7 @@ class Trainer:
             loss=round(loss, 6),
             steps_per_s=round(rate, 3),
             eta_s=None if eta is None else round(eta, 1),
+            device=self.acc.device.type,  # the card says "on this CPU" when it is one
             **({"preview": self.preview} if self.preview else {}),
         )
 

@@ -177,3 +177,47 @@ def test_never_raises_on_deep_nesting_or_huge_input() -> None:
     assert parse_tool_calls("[" * 5000 + "f(a=1)" + "]" * 5000) is not None
     assert parse_tool_calls("```tool_code\n" + "(" * 3000 + "\n```") == []
     assert parse_tool_calls("x" * 100_000) == []
+
+
+PRINTED = [
+    ("```tool_code\nprint(list_subjects())\n```", [ToolCall("list_subjects", {})]),
+    ("```tool_code\nprint(default_api.list_subjects())\n```", [ToolCall("list_subjects", {})]),
+    (
+        '```tool_code\nprint(default_api.generate_images(prompt="Rex on the moon", n=2))\n```',
+        [ToolCall("generate_images", {"prompt": "Rex on the moon", "n": 2})],
+    ),
+    (
+        "Let me look.\n```tool_code\nprint(generate_images(subject_ids=[3], prompt='a beach', seed=None))\n```",
+        [ToolCall("generate_images", {"subject_ids": [3], "prompt": "a beach", "seed": None})],
+    ),
+    ("```python\nprint(default_api.my_quota())\n```", [ToolCall("my_quota", {})]),
+    ("```tool_code\nprint(job_status(job_id=7))\n```\n", [ToolCall("job_status", {"job_id": 7})]),
+    (
+        "```tool_code\nprint(default_api.list_subjects())\nprint(default_api.my_quota())\n```",
+        [ToolCall("list_subjects", {}), ToolCall("my_quota", {})],
+    ),
+    (
+        "```tool_code\nprint(list_subjects(), my_quota())\n```",
+        [ToolCall("list_subjects", {}), ToolCall("my_quota", {})],
+    ),
+    ("```tool_code\nprint(cancel_job(job_id=4)\n", []),  # cut off mid-call: an error, not a call
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), PRINTED)
+def test_print_wrapped_calls_as_gemma_writes_them(text: str, expected: list[ToolCall]) -> None:
+    parsed = parse_reply(text)
+    assert parsed.calls == expected
+    assert "print(" not in parsed.prose
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```tool_code\nprint('hello')\n```",  # printing a value is not a call
+        "```tool_code\nprint(list_subjects(), file=sys.stderr)\n```",  # keywords change what print does
+        "```tool_code\nprint(__import__('os').system('id'))\n```",
+    ],
+)
+def test_print_of_anything_but_calls_is_not_a_call(text: str) -> None:
+    assert parse_reply(text).calls == []

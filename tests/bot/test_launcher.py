@@ -15,20 +15,13 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from bot.launcher import (
-    Gpu,
-    LaunchError,
-    Supervisor,
-    WorkerSpec,
-    discover_gpus,
-    plan_workers,
-    run_workers,
-    select_gpus,
-)
+from bot.launcher import Gpu, discover_gpus, plan_workers, select_gpus
+from bot.supervisor import Backoff, LaunchError, Supervisor, WorkerSpec
 from core.db import session_scope
 from core.models import Worker
 from core.settings import Settings
@@ -119,8 +112,8 @@ time.sleep(600)
 """
 
 
-def reporter(out: Path) -> Supervisor:
-    return Supervisor(command=lambda spec: [sys.executable, "-c", REPORTER, str(out), spec.name])
+def reporter(out: Path, **options: Any) -> Supervisor:
+    return Supervisor(command=lambda spec: [sys.executable, "-c", REPORTER, str(out), spec.name], **options)
 
 
 def reports(out: Path, n: int) -> dict[str, dict[str, object]]:
@@ -135,7 +128,7 @@ def test_one_process_per_gpu_and_queue_stopped_together(tmp_path: Path) -> None:
     gpus = select_gpus("all", discover_gpus(fake_smi(tmp_path / "bin")))
     specs = plan_workers(gpus, host="box")
     supervisor, stop = reporter(tmp_path), threading.Event()
-    runner = threading.Thread(target=run_workers, args=(specs, supervisor, stop), kwargs={"stop_timeout": 5})
+    runner = threading.Thread(target=supervisor.run, args=(stop, specs))
     runner.start()
     try:
         got = reports(tmp_path, 4)
@@ -151,17 +144,17 @@ def test_one_process_per_gpu_and_queue_stopped_together(tmp_path: Path) -> None:
     }
     pids = [int(r[k]) for r in got.values() for k in ("pid", "grandchild")]  # type: ignore[call-overload]
     wait_for(lambda: not any(alive(p) for p in pids), 30, what="every worker and pool child to exit")
-    assert supervisor.children == []
+    assert {w.state for w in supervisor.states()} == {"stopped"}
 
 
 def test_a_dead_worker_is_restarted_and_a_crash_loop_stops_all(tmp_path: Path) -> None:
-    supervisor, stop = reporter(tmp_path), threading.Event()
+    supervisor, stop = reporter(tmp_path, backoff=Backoff(first=0.1, give_up_after=3)), threading.Event()
     specs = [WorkerSpec("train-gpu0@box", "train", {}), WorkerSpec("sample-gpu0@box", "sample", {})]
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            run_workers(specs, supervisor, stop, max_restarts=2, window=600, stop_timeout=5)
+            supervisor.run(stop, specs)
         except LaunchError as exc:
             errors.append(exc)
 
@@ -180,7 +173,11 @@ def test_a_dead_worker_is_restarted_and_a_crash_loop_stops_all(tmp_path: Path) -
     os.killpg(int(third["sample-gpu0@box"]["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
     runner.join(60)
     assert not runner.is_alive()
-    assert errors and "exited 3 times" in str(errors[0])
+    assert (
+        errors
+        and "sample-gpu0@box: exited 3 times in a row (killed by SIGKILL); stopping every worker"
+        in str(errors[0])
+    )
     other = int(first["train-gpu0@box"]["pid"])  # type: ignore[call-overload]
     wait_for(lambda: not alive(other), 30, what="the healthy worker to be stopped too")
 
@@ -243,9 +240,9 @@ LAUNCHER = """
 import sys, threading
 sys.path.insert(0, sys.argv[2])
 from tests.bot.test_launcher import reporter
-from bot.launcher import WorkerSpec, run_workers
+from bot.supervisor import WorkerSpec
 from pathlib import Path
-run_workers([WorkerSpec("train-gpu0@box", "train", {})], reporter(Path(sys.argv[1])), threading.Event())
+reporter(Path(sys.argv[1])).run(threading.Event(), [WorkerSpec("train-gpu0@box", "train", {})])
 """
 
 

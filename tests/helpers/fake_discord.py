@@ -47,6 +47,7 @@ class FakeDiscord:
         self.channels: dict[str, dict[str, Any]] = {}
         self.messages: dict[str, dict[str, Any]] = {}  # id -> message (with "_ephemeral")
         self.blobs: dict[str, bytes] = {}  # attachment id -> bytes served at its url
+        self.served: dict[str, int] = {}  # attachment id -> bytes the CDN wrote out
         self.interactions: dict[str, dict[str, Any]] = {}  # token -> {"id", "channel", "acked", "original"}
         self.commands: list[dict[str, Any]] = []
         self.failures: list[Failure] = []

@@ -275,10 +275,23 @@ def add_routes(app: web.Application, fake: FakeDiscord) -> None:
     async def typing(_: web.Request) -> web.Response:
         return web.Response(status=204)
 
-    async def cdn(request: web.Request) -> web.Response:
+    async def cdn(request: web.Request) -> web.StreamResponse:
+        """Served in 1 MB chunks, without a Content-Length (so only counting while reading can
+        stop a big one); `fake.served` counts what went out."""
         fake.log.append(Recorded(fake.next_seq(), "GET", request.path, {}, None))
-        data = fake.blobs.get(request.match_info["aid"])
-        return web.Response(body=data) if data is not None else web.Response(status=404)
+        aid = request.match_info["aid"]
+        data = fake.blobs.get(aid)
+        if data is None:
+            return web.Response(status=404)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for start in range(0, len(data), 1 << 20):
+            try:
+                await resp.write(data[start : start + (1 << 20)])
+            except (ConnectionResetError, RuntimeError):
+                break  # the client stopped reading: a size cap
+            fake.served[aid] = fake.served.get(aid, 0) + len(data[start : start + (1 << 20)])
+        return resp
 
     r = app.router
     r.add_get(api + "/users/@me", me)

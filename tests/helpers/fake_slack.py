@@ -56,6 +56,7 @@ class StoredFile:
     mimetype: str = "image/png"
     title: str = ""
     uploaded: bool = True
+    chunked: bool = False  # served without a Content-Length
 
     def as_event_file(self, base: str) -> dict[str, Any]:
         """The file object Slack puts into events and view submissions."""
@@ -77,6 +78,7 @@ class FakeSlack:
     calls: list[Call] = field(default_factory=list)
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # channel -> messages
     files: dict[str, StoredFile] = field(default_factory=dict)
+    served: dict[str, int] = field(default_factory=dict)  # file id -> bytes written to a download
     ephemerals: list[dict[str, Any]] = field(default_factory=list)
     views: list[dict[str, Any]] = field(default_factory=list)
     failures: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = field(default_factory=dict)
@@ -134,12 +136,17 @@ class FakeSlack:
 
     # -- test-side helpers ---------------------------------------------------------------------
 
-    def add_user_file(self, name: str, data: bytes, mimetype: str = "image/jpeg") -> dict[str, Any]:
-        """A file a person shared; returns the object events and view submissions carry."""
+    def add_user_file(
+        self, name: str, data: bytes, mimetype: str = "image/jpeg", declared_size: int | None = None
+    ) -> dict[str, Any]:
+        """A file a person shared; returns the object events and view submissions carry.
+        `declared_size`: the size its "size" field claims; then it is served chunked, so
+        only counting while reading can tell how big it really is."""
         with self._lock:
-            f = StoredFile(self._new_id("F"), name, data, mimetype)
+            f = StoredFile(self._new_id("F"), name, data, mimetype, chunked=declared_size is not None)
             self.files[f.id] = f
-        return f.as_event_file(self.base)
+        obj = f.as_event_file(self.base)
+        return obj if declared_size is None else {**obj, "size": declared_size}
 
     def add_message(self, channel: str, **fields: Any) -> dict[str, Any]:
         """Put a message into a channel as if it had been posted earlier (restart scenarios)."""
@@ -401,13 +408,16 @@ class FakeSlack:
             return web.Response(text="<!DOCTYPE html><html>Sign in to Slack</html>", content_type="text/html")
         if f is None:
             return web.Response(status=404, text="file not found")
-        resp = web.StreamResponse(headers={"Content-Type": f.mimetype, "Content-Length": str(len(f.data))})
+        length = {} if f.chunked else {"Content-Length": str(len(f.data))}
+        resp = web.StreamResponse(headers={"Content-Type": f.mimetype, **length})
         await resp.prepare(request)
         for i in range(0, len(f.data), 1 << 20):
             try:
                 await resp.write(f.data[i : i + (1 << 20)])
             except (ConnectionResetError, RuntimeError):
                 break  # the client stopped reading (a size cap): fine
+            with self._lock:
+                self.served[file_id] = self.served.get(file_id, 0) + len(f.data[i : i + (1 << 20)])
         return resp
 
     async def _respond(self, request: web.Request) -> web.Response:

@@ -63,3 +63,16 @@ def corrupt_jpeg() -> bytes:
 
 def huge_file(megabytes: int = 60) -> bytes:
     return jpeg(7) + b"\0" * (megabytes * 1024 * 1024)
+
+
+def big_png(seed: int = 0, side: int = 7000) -> bytes:
+    """A `side`×`side` PNG (49 MP by default: under the 50 MP limit) that is small on the wire
+    (~160 KB: flat colour with a few blocks) and ~150 MB once decoded."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (side, side), tuple(rng.randrange(256) for _ in range(3)))
+    for i in range(12):
+        x, y = rng.randrange(side - 600), rng.randrange(side - 600)
+        image.paste(tuple(rng.randrange(256) for _ in range(3)), (x, y, x + 300 + 20 * i, y + 400))
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=6)
+    return out.getvalue()

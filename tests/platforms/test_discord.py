@@ -43,13 +43,6 @@ def fake() -> Iterator[FakeDiscord]:
 
 
 @pytest.fixture
-def fake_llm() -> Iterator[FakeLLM]:
-    server = FakeLLM().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def settings(sqlite_settings: Settings, fake: FakeDiscord, fake_llm: FakeLLM) -> Settings:
     return discord_settings(
         sqlite_settings,

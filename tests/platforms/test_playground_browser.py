@@ -54,13 +54,6 @@ IMAGES_LOADED = """(sel) => {
 
 
 @pytest.fixture
-def fake_llm() -> Iterator[FakeLLM]:
-    server = FakeLLM().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def settings(tmp_path: Path, tiny_model_dir: Path, fake_llm: FakeLLM) -> Iterator[Settings]:
     """The tiny model, a training of a few steps with two class images, the scripted LLM."""
     config = tmp_path / "train.yaml"

@@ -7,7 +7,6 @@ Jobs are finished in-test with core.jobs (claim / add_image / finish), so no GPU
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -37,20 +36,6 @@ from tests.platforms.slack_harness import (
 
 CHANNEL = "C0GENERAL"
 USER = "U0ALICE"
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    fake = FakeSlack().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def fake_llm() -> Iterator[FakeLLM]:
-    server = FakeLLM().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ tiny pipeline and the subject's LoRA → delivery → the images uploaded into t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,20 +20,6 @@ from tests.platforms.slack_harness import SlackBot, eventually, job_rows, slack_
 
 pytestmark = pytest.mark.slow
 CHANNEL, USER, THREAD = "C0E2E", "U0CAROL", "1699999900.000900"
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    fake = FakeSlack().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def fake_llm() -> Iterator[FakeLLM]:
-    server = FakeLLM().start()
-    yield server
-    server.stop()
 
 
 async def test_put_my_dog_on_the_moon_through_a_real_worker(

@@ -3,13 +3,17 @@ they are, and who confirmed what, and when, is stored with the subject."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
 from agent.memory import save_message, save_photos
 from agent.toolcalls import ToolCall
 from agent.tools import TOOLS, ToolContext, run_tool
+from bot.cli import app
 from bot.service import ConversationService, Upload
 from bot.web.app import create_app
 from core.db import session_scope
@@ -17,7 +21,8 @@ from core.models import Conversation, Job, Subject, User
 from core.settings import Settings
 from core.storage import storage_from_settings
 from core.subjects import CONSENT_TEXT, kind_of
-from tests.helpers.photos import face_jpeg
+from tests.helpers.photos import face_jpeg, jpeg
+from tests.helpers.profile import settings_env
 from tests.privacy.conftest import photos, speaker
 
 
@@ -31,9 +36,58 @@ def count(settings: Settings, model: type) -> int:
         return s.scalar(select(func.count()).select_from(model)) or 0
 
 
-@pytest.mark.parametrize("noun", ["woman", "Man", "person", "me", "daughter"])
+PERSON_PHRASES = ["young woman", "my dad", "me and my sister"]
+
+
+@pytest.mark.parametrize("noun", ["woman", "Man", "person", "me", "daughter", *PERSON_PHRASES, "grandmas"])
 def test_person_nouns(noun: str) -> None:
     assert kind_of(noun) == "person"
+
+
+@pytest.mark.parametrize("phrase", PERSON_PHRASES)
+async def test_a_phrase_naming_a_person_asks_for_consent_everywhere(
+    sqlite_settings: Settings, tmp_path: Path, phrase: str
+) -> None:
+    """The chat commands (the service behind Discord and Slack), the playground form, the
+    agent's tool and the CLI: each asks, and nothing is queued."""
+    service = await ConversationService(sqlite_settings).train(speaker("U1", "e1"), "Ann", phrase, photos(3))
+    assert service.needs_consent and "I need your confirmation" in service.text
+
+    browser = TestClient(create_app(sqlite_settings))
+    browser.get("/")
+    files = [("files", (f"a{i}.jpg", jpeg(i), "image/jpeg")) for i in range(3)]
+    form = browser.post("/api/train", data={"name": "Ann", "class_noun": phrase}, files=files).json()
+    assert form["needs_consent"] is True
+
+    user_id, conv_id = web_person_with_photos(sqlite_settings, "w9")
+    ctx = ToolContext(sqlite_settings, user_id, conv_id, "web:ev1")
+    tool = run_tool(ctx, ToolCall("train_subject", {"name": "Ann", "class_noun": phrase}))
+    assert "I need your confirmation" in tool.output["error"]
+
+    paths = []
+    for i in range(3):
+        (path := tmp_path / f"ann{i}.jpg").write_bytes(jpeg(i))
+        paths.append(str(path))
+    args = ["train", *paths, "--name", "Ann", "--class", phrase]
+    cli = CliRunner().invoke(app, args, env=settings_env(sqlite_settings))
+    assert cli.exit_code == 1 and "again with --consent" in cli.output
+    assert count(sqlite_settings, Job) == 0 and count(sqlite_settings, Subject) == 0
+
+
+def web_person_with_photos(settings: Settings, who: str) -> tuple[int, int]:
+    """A playground person whose conversation holds a message with three photos of one face
+    each (nothing for the photo coach to ask about): (user, conversation)."""
+    with session_scope(settings) as s:
+        user = User(platform="web", platform_user_id=who, display_name=who)
+        s.add(user)
+        s.flush()
+        conv = Conversation(platform="web", channel_id=who, thread_id="", user_id=user.id)
+        s.add(conv)
+        s.flush()
+        user_id, conv_id = user.id, conv.id
+    msg = save_message(settings, conversation_id=conv_id, user_id=user_id, role="user", content="me")
+    save_photos(storage_from_settings(settings), conv_id, msg, [face_jpeg(i) for i in range(3)])
+    return user_id, conv_id
 
 
 async def test_a_person_needs_consent_and_it_is_recorded(db_settings: Settings) -> None:
@@ -61,16 +115,7 @@ async def test_a_person_needs_consent_and_it_is_recorded(db_settings: Settings) 
 async def test_the_agent_passes_consent_only_when_confirmed(sqlite_settings: Settings) -> None:
     spec = TOOLS["train_subject"].spec()["parameters"]["properties"]["consent_confirmed"]
     assert "only true if the person explicitly confirmed" in spec["description"]
-    with session_scope(sqlite_settings) as s:
-        user = User(platform="web", platform_user_id="w1", display_name="w1")
-        s.add(user)
-        s.flush()
-        conv = Conversation(platform="web", channel_id="w1", thread_id="", user_id=user.id)
-        s.add(conv)
-        s.flush()
-        user_id, conv_id = user.id, conv.id
-    msg = save_message(sqlite_settings, conversation_id=conv_id, user_id=user_id, role="user", content="me")
-    save_photos(storage_from_settings(sqlite_settings), conv_id, msg, [face_jpeg(i) for i in range(3)])
+    user_id, conv_id = web_person_with_photos(sqlite_settings, "w1")
     ctx = ToolContext(sqlite_settings, user_id, conv_id, "web:ev1")
 
     args = {"name": "Me", "class_noun": "man"}

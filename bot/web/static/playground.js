@@ -117,20 +117,35 @@ function render(item) {
   return card;
 }
 
-// POST a form; the JSON reply, or null after telling the person what went wrong.
-async function send(url, data) {
+const MAX_UPLOAD_MB = Number(document.body.dataset.maxUploadMb);
+const TOO_LARGE = `These photos are too large together; please send at most ${MAX_UPLOAD_MB} MB at once.`;
+
+function uploadBytes(data) {
+  let total = 0;
+  for (const value of data.values()) if (value instanceof File) total += value.size;
+  return total;
+}
+
+// POST a form; the JSON reply, or null after telling the person what went wrong (`tell`:
+// where to say it; the timeline by default).
+async function send(url, data, tell = (text) => note(text, {role: "error"})) {
+  if (uploadBytes(data) > MAX_UPLOAD_MB * 1024 * 1024) {  // the server would refuse it unread
+    tell(TOO_LARGE);
+    return null;
+  }
   data.append("event_id", crypto.randomUUID());
   let res;
   try {
     res = await fetch(url, {method: "POST", body: data});
   } catch (err) {
-    note("Could not reach dreambot; is it still running?", {role: "error"});
+    tell("Could not reach dreambot; is it still running?");
     return null;
   }
   const reply = await res.json().catch(() => ({}));
   if (!res.ok) {
-    const detail = typeof reply.detail === "string" ? reply.detail : "Something went wrong; please try again.";
-    note(detail, {role: "error"});
+    // A body over the server's limit is cut off before any of our code runs: say it here.
+    const fallback = res.status === 413 ? TOO_LARGE : "Something went wrong; please try again.";
+    tell(typeof reply.detail === "string" ? reply.detail : fallback);
     return null;
   }
   return reply;
@@ -211,11 +226,12 @@ async function checkPhotos() {
   checkedClass = $("train-class").value;
   data.append("class_noun", checkedClass);
   for (const f of files) data.append("files", f);
-  const res = await fetch("/api/photos/check", {method: "POST", body: data}).catch(() => null);
-  const reply = res && res.ok ? await res.json().catch(() => null) : null;
-  if (mine !== checking) return;  // the photos changed meanwhile
-  if (reply && reply.error) $("train-check").textContent = reply.error;
-  else if (reply) showCheck(reply);
+  // Within the same limits as Train: a refusal (too large, not a photo) shows in place of the summary.
+  const say = (text) => { if (mine === checking) $("train-check").textContent = text; };
+  const reply = await send("/api/photos/check", data, say);
+  if (mine !== checking || !reply) return;  // the photos changed meanwhile, or it was refused
+  if (reply.error) say(reply.error);
+  else showCheck(reply);
 }
 
 $("train-files").addEventListener("change", (ev) => {
