@@ -151,6 +151,9 @@ def profile_item(settings: Any, model: str) -> dict[str, Any]:
     comps = resident.components(settings, model, Shape.planned(cfg))
     cfg = cfg.resolved(n_photos=4, resolution=comps.native_resolution).model_copy(update={"steps": 10**6})
     size = comps.native_resolution
+    if CUDA:  # the training's own peak (the kept model included), to set against the reference's
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     t = Trainer(
         cfg, comps, _made_up(4, size, 1), _made_up(4, size, 2), "a photo of sks dog", "a photo of dog"
     )
@@ -169,6 +172,8 @@ def profile_item(settings: Any, model: str) -> dict[str, Any]:
     out: dict[str, Any] = {"wall_ms_per_step": round(wall_ms, 2), "cuda_graph": t.runner.graph is not None,
                            "compiled": t.runner.unet is not t.unet_p}  # fmt: skip
     if CUDA:
+        out["peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        out["peak_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             steps(10)
             sync()

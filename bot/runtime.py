@@ -17,6 +17,7 @@ import uvicorn
 from bot.delivery import Delivery, Poster
 from bot.service import ConversationService
 from bot.up_console import announce
+from bot.web.security import UVICORN_OPTIONS
 from core import retention
 from core.settings import Settings
 
@@ -86,6 +87,7 @@ async def run_bot(settings: Settings, web_app: object, stop: asyncio.Event | Non
         port=settings.web_port,
         log_level="info",
         log_config=None,
+        **UVICORN_OPTIONS,  # X-Forwarded-* only from DREAMBOT_TRUSTED_PROXIES (bot/web/security.py)
     )
     server = uvicorn.Server(config)
     tasks = [

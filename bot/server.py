@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 
+from bot.dashboard.console_role import guard_console
 from bot.launcher import up_workers
 from bot.runtime import run_bot
 from bot.supervisor import LaunchError, Supervisor
@@ -50,7 +51,10 @@ def serve(settings: Settings, *, with_workers: bool = True, verbose: bool = Fals
             supervisor.claim(up_workers())
             watcher.start()
         sweeper.start()
-        asyncio.run(run_bot(settings, create_app(settings, supervisor.states)))
+        app = create_app(settings, supervisor.states)
+        # The SQL console only as a read-only role (PostgreSQL); else it is off, said once.
+        guard_console(app, settings, say=lambda line: announce(line, logging.WARNING))
+        asyncio.run(run_bot(settings, app))
     except LaunchError as exc:
         raise DreambotError(str(exc)) from None
     except KeyboardInterrupt:  # uvicorn re-raises the signal after its own clean shutdown

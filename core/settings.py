@@ -63,15 +63,22 @@ class Settings(BaseSettings):
         None,
         description="cookie-signing secret, ≥32 chars; required when WEB_HOST is not loopback (else generated into DATA_DIR)",
     )
+    trusted_proxies: str = Field(
+        "",
+        description="comma-separated addresses/networks of reverse proxies whose X-Forwarded-For/-Proto are believed (default: none)",
+    )
     console_database_url: str = Field(
         "",
-        description="database URL for the dashboard's SQL console (a read-only role); default the main one",
+        description="database URL for the dashboard's SQL console; on PostgreSQL a read-only role (`dreambot admin console-role` prints it), else the console is off",
     )
     metrics_token: SecretStr | None = Field(
         None, description="bearer token Prometheus must send for /metrics (default: no token asked)"
     )
     console_time_limit: float = Field(5.0, gt=0, description="seconds one SQL console statement may run")
     console_row_limit: int = Field(1000, ge=1, description="rows the SQL console shows (and exports) at most")
+    console_byte_limit: int = Field(
+        2_000_000, ge=10_000, description="bytes of results the SQL console shows (and exports) at most"
+    )
 
     # -- LLM (any OpenAI-compatible endpoint) ----------------------------------------------
     llm_base_url: str = Field(

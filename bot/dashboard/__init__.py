@@ -44,8 +44,11 @@ def create_dashboard_app(settings: Settings) -> FastAPI:
     from fastapi import FastAPI
     from fastapi.responses import RedirectResponse
 
+    from bot.web.security import install_security
+
     app = FastAPI(title="dreambot admin", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
+    install_security(app, settings)
     mount_dashboard(app, settings)
 
     @app.get("/", include_in_schema=False)

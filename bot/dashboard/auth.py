@@ -8,14 +8,16 @@
   session of that admin, in every process and after restarts, and clears the cookie.
 - CSRF: every form carries `csrf_token`; a POST whose token does not match the session's
   (or, for the login form, the signed pre-login cookie's) gets 403.
-- Rate limit: 5 failed logins per client address or per username within 5 minutes lock
-  further attempts out (429) until the window passes; counted in the database, so every
-  bot process sees the same attempts and a restart forgets none.
+- Rate limit: failed logins per (account, source address) and per source address; after
+  a few, that source waits, and each further failure doubles the wait (429 meanwhile).
+  The account is never locked for everyone. Counted in the database, so every bot
+  process sees the same attempts and a restart forgets none.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -97,38 +99,75 @@ def end_sessions(settings: Settings, username: str) -> None:
 # -- rate limiting --------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LimitKey:
+    key: str
+    free: int  # failures before any wait
+
+
 class LoginLimiter:
-    """Failed logins per key in a sliding window, kept in the database (`login_failures`):
-    every bot process counts the same attempts, and a restart does not forget them."""
+    """Failed logins with a growing wait, kept in the database (`login_failures`): every
+    bot process counts the same attempts, and a restart does not forget them.
 
-    def __init__(self, settings: Settings, max_failures: int = 5, window_seconds: float = 300.0) -> None:
+    Failures count per (account, source) and per source. After `free` failures a key
+    waits `first_wait` seconds from its latest failure, and every further failure doubles
+    that, up to `max_wait`. The account itself is never locked: a person guessing from one
+    address slows only that address, and the admin logs in from another. Failures are
+    forgotten after `forget` seconds, and those of (account, source) on a good login.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        free_per_account: int = 5,
+        free_per_source: int = 20,
+        first_wait: float = 15.0,
+        max_wait: float = 3600.0,
+        forget: float = 86400.0,
+    ) -> None:
         self.settings = settings
-        self.max_failures = max_failures
-        self.window = window_seconds
+        self.free_per_account = free_per_account
+        self.free_per_source = free_per_source
+        self.first_wait = first_wait
+        self.max_wait = max_wait
+        self.forget = forget
 
-    def retry_after(self, *keys: str) -> int:
+    def keys(self, username: str, source: str) -> tuple[LimitKey, LimitKey]:
+        account = LimitKey(f"user:{username.lower()}@{source}"[:200], self.free_per_account)
+        return account, LimitKey(f"ip:{source}"[:200], self.free_per_source)
+
+    def wait_after(self, failures: int, free: int) -> float:
+        """Seconds to wait after the latest of `failures` (0 while within `free`)."""
+        if failures < free:
+            return 0.0
+        return min(self.max_wait, self.first_wait * 2 ** min(failures - free, 32))
+
+    def retry_after(self, *keys: LimitKey) -> int:
         """Seconds until another attempt is allowed for all `keys` (0: allowed now)."""
         wait = 0.0
         with session_scope(self.settings) as session:
             now = session.scalar(select(db_now()))
-            for key in keys:
-                oldest, count = session.execute(
-                    select(func.min(LoginFailure.at), func.count()).where(
-                        LoginFailure.key == key, LoginFailure.at >= db_now(-self.window)
+            for limit in keys:
+                latest, count = session.execute(
+                    select(func.max(LoginFailure.at), func.count()).where(
+                        LoginFailure.key == limit.key, LoginFailure.at >= db_now(-self.forget)
                     )
                 ).one()
-                if count >= self.max_failures and oldest is not None and now is not None:
-                    wait = max(wait, self.window - (now - oldest).total_seconds())
-        return int(wait) + 1 if wait > 0 else 0
+                if latest is not None and now is not None:
+                    remaining = self.wait_after(count, limit.free) - (now - latest).total_seconds()
+                    wait = max(wait, remaining)
+        return math.ceil(wait) if wait > 0 else 0
 
-    def failed(self, *keys: str) -> None:
+    def failed(self, *keys: LimitKey) -> None:
         with session_scope(self.settings) as session:
-            session.execute(delete(LoginFailure).where(LoginFailure.at < db_now(-self.window)))
-            session.add_all(LoginFailure(key=key[:200]) for key in keys)
+            session.execute(delete(LoginFailure).where(LoginFailure.at < db_now(-self.forget)))
+            session.add_all(LoginFailure(key=limit.key) for limit in keys)
 
-    def succeeded(self, *keys: str) -> None:
+    def succeeded(self, account: LimitKey) -> None:
+        """A good login forgets that account's failures from this source (not the source's)."""
         with session_scope(self.settings) as session:
-            session.execute(delete(LoginFailure).where(LoginFailure.key.in_([k[:200] for k in keys])))
+            session.execute(delete(LoginFailure).where(LoginFailure.key == account.key))
 
 
 # -- the dashboard's per-app state ------------------------------------------------------
@@ -138,6 +177,8 @@ class LoginLimiter:
 class DashboardState:
     settings: Settings
     limiter: LoginLimiter = field(init=False)
+    # Set at start-up when the console's database role may not run it (console_role.py).
+    console_off: str | None = None
 
     def __post_init__(self) -> None:
         self.limiter = LoginLimiter(self.settings)

@@ -56,9 +56,46 @@ def console_role_sql(
     ] = None,
 ) -> None:
     """Print the SQL that creates a read-only PostgreSQL role for the SQL console."""
-    from bot.dashboard.pgrole import readonly_role_sql
+    from bot.dashboard.console_role import readonly_role_sql
 
     typer.echo(readonly_role_sql(role, schema or _settings().database_schema or "public"), nl=False)
+
+
+@admin_app.command("console-role")
+def console_role(
+    role: Annotated[str, typer.Option(help="name of the read-only role")] = "dreambot_console",
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="read the role's password from standard input (default: a random one)"
+        ),
+    ] = False,
+) -> None:
+    """Create or refresh the SQL console's read-only PostgreSQL role (run with the main
+    database URL) and print the DREAMBOT_CONSOLE_DATABASE_URL to set."""
+    import secrets
+
+    from bot.dashboard.console_role import create_console_role, role_problem
+
+    settings = _current_settings()
+    if settings.is_sqlite:
+        typer.secho("dreambot: on SQLite the console needs no role: it opens the file read-only.", err=True)
+        raise typer.Exit(1)
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else secrets.token_urlsafe(24)
+    try:
+        url = create_console_role(settings, role, password)
+    except Exception as exc:  # psycopg's errors, a bad role name: one line for the operator
+        typer.secho(f"dreambot: could not create the console role: {exc}".splitlines()[0], fg="red", err=True)
+        raise typer.Exit(1) from None
+    problem = role_problem(url, settings.database_schema or "public")
+    if problem:
+        typer.secho(
+            f"dreambot: the role was made, but the console still may not use it: {problem}",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(f"DREAMBOT_CONSOLE_DATABASE_URL={url}")
 
 
 def dashboard(
@@ -82,5 +119,10 @@ def dashboard(
             err=True,
         )
         raise typer.Exit(2)
+    from bot.dashboard.console_role import guard_console
+    from bot.web.security import UVICORN_OPTIONS
+
+    app = create_dashboard_app(settings)
+    guard_console(app, settings, say=lambda line: typer.secho(line, fg="yellow", err=True))
     typer.echo(f"dreambot dashboard on http://{host}:{port}/admin/")
-    uvicorn.run(create_dashboard_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", **UVICORN_OPTIONS)

@@ -37,7 +37,12 @@ def _safe_next(target: str | None) -> str:
 
 
 def _client(request: Request) -> str:
+    """The peer's address (a trusted proxy's X-Forwarded-For: bot/web/security.py)."""
     return request.client.host if request.client else "unknown"
+
+
+def _duration(seconds: int) -> str:
+    return f"{seconds} seconds" if seconds < 90 else f"about {round(seconds / 60)} minutes"
 
 
 def _login_page(request: Request, *, err: str | None = None, status_code: int = 200) -> HTMLResponse:
@@ -83,18 +88,17 @@ def login(
     if not tokens_match(str(expected), csrf_token):
         return _login_page(request, err="The login form expired; please try again.", status_code=403)
     username = username.strip()[:64]
-    keys = (f"ip:{_client(request)}", f"user:{username.lower()}")
+    keys = state.limiter.keys(username, _client(request))
     wait = state.limiter.retry_after(*keys)
     if wait:
-        minutes = max(1, round(wait / 60))
         return _login_page(
-            request, err=f"Too many failed attempts; try again in about {minutes} minute(s).", status_code=429
+            request, err=f"Too many failed attempts; try again in {_duration(wait)}.", status_code=429
         )
     if not username or not check_password(state.settings, username, password):
         state.limiter.failed(*keys)
         audit.record(state.settings, username or "?", "login.failed", ip=_client(request))
         return _login_page(request, err="Wrong name or password.", status_code=401)
-    state.limiter.succeeded(*keys)
+    state.limiter.succeeded(keys[0])
     audit.record(state.settings, username, "login", ip=_client(request))
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(

@@ -11,7 +11,7 @@ from sqlalchemy import desc, func, or_, select, update
 
 from bot.dashboard import audit
 from bot.dashboard.auth import Admin, AdminPost, state_of
-from bot.dashboard.web import SECURITY_HEADERS, back, page_of, render
+from bot.dashboard.web import back, page_of, render
 from core import forget as forgetting
 from core import quotas
 from core.db import session_scope
@@ -214,7 +214,7 @@ def _file_response(settings: Any, key: str) -> Response:
     media = mimetypes.guess_type(key)[0] or "application/octet-stream"
     if not media.startswith("image/") or media == "image/svg+xml":
         media = "application/octet-stream"  # never render stored bytes as a page
-    return Response(data, media_type=media, headers=SECURITY_HEADERS)
+    return Response(data, media_type=media)
 
 
 @router.get("/files/image/{image_id}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +12,14 @@ from starlette.concurrency import run_in_threadpool
 
 from bot.dashboard import audit
 from bot.dashboard.auth import Admin, AdminPost, AdminSession, state_of
-from bot.dashboard.sqlconsole import QueryFailed, QueryResult, RefusedStatement, run_query, to_csv
-from bot.dashboard.sqlguard import SECRET_COLUMNS, app_schema, is_secret_table
-from bot.dashboard.web import SECURITY_HEADERS, render
+from bot.dashboard.sqlallow import SECRET_COLUMNS, is_secret_table
+from bot.dashboard.sqlconsole import QueryFailed, RefusedStatement, console_url, run_query
+from bot.dashboard.sqlguard import app_schema
+from bot.dashboard.sqlresult import QueryResult, to_csv
+from bot.dashboard.web import render
 from core.settings import Settings
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 SQL_MAX_CHARS = 20_000
 
@@ -77,7 +81,7 @@ SAVED_BY_NAME = {q.name: q for q in SAVED_QUERIES}
 
 
 def _is_sqlite(settings: Settings) -> bool:
-    return (settings.console_database_url or settings.resolved_database_url).startswith("sqlite")
+    return console_url(settings).startswith("sqlite")
 
 
 def schema_browser() -> list[dict[str, Any]]:
@@ -98,7 +102,8 @@ def schema_browser() -> list[dict[str, Any]]:
 def _page(
     request: Request, admin: AdminSession, sql: str, result: QueryResult | None = None, err: str | None = None
 ) -> HTMLResponse:
-    settings = state_of(request).settings
+    state = state_of(request)
+    settings = state.settings
     is_sqlite = _is_sqlite(settings)
     return render(
         request,
@@ -112,6 +117,7 @@ def _page(
         dialect="SQLite" if is_sqlite else "PostgreSQL",
         row_limit=settings.console_row_limit,
         time_limit=settings.console_time_limit,
+        console_off=state.console_off,
         status_code=400 if err else 200,
     )
 
@@ -126,18 +132,27 @@ def sql_form(request: Request, admin: Admin) -> HTMLResponse:
 async def _run(
     request: Request, admin: AdminSession, action: str
 ) -> tuple[str, QueryResult | None, str | None]:
-    """Run the form's statement in a thread; audit it either way."""
-    settings = state_of(request).settings
+    """Run the form's statement in a thread; audit it either way. Every failure is a
+    sentence for the admin and an audit row, never an error page."""
+    state = state_of(request)
+    settings = state.settings
     sql = str((await request.form()).get("sql", ""))[:SQL_MAX_CHARS]
     try:
+        if state.console_off:
+            raise QueryFailed(state.console_off)
         result = await run_in_threadpool(run_query, settings, sql)
     except (RefusedStatement, QueryFailed) as exc:
-        audit.record(settings, admin.username, f"{action}.refused", "sql", sql=sql, error=str(exc))
-        return sql, None, str(exc)
-    audit.record(
-        settings, admin.username, action, "sql", sql=sql, rows=len(result.rows), truncated=result.truncated
-    )
-    return sql, result, None
+        error = str(exc)
+    except Exception:  # a bug must still leave an audit row and a sentence
+        log.exception("the SQL console failed on a statement")
+        error = "The console could not run that statement (the error is in the server log)."
+    else:
+        audit.record(
+            settings, admin.username, action, "sql", sql=sql, rows=len(result.rows), truncated=result.cut
+        )
+        return sql, result, None
+    audit.record(settings, admin.username, f"{action}.refused", "sql", sql=sql, error=error)
+    return sql, None, error
 
 
 @router.post("/sql", response_class=HTMLResponse)
@@ -151,8 +166,9 @@ async def sql_csv(request: Request, admin: AdminPost) -> Response:
     sql, result, err = await _run(request, admin, "sql.export")
     if result is None:
         return _page(request, admin, sql, None, err)
-    headers = dict(SECURITY_HEADERS)
-    headers["Content-Disposition"] = 'attachment; filename="dreambot-query.csv"'
+    headers = {"Content-Disposition": 'attachment; filename="dreambot-query.csv"'}
     if result.truncated:
         headers["X-Dreambot-Truncated"] = str(result.row_limit)
+    if result.notes:
+        headers["X-Dreambot-Cut"] = " ".join(result.notes).encode("ascii", "replace").decode()
     return Response(to_csv(result), media_type="text/csv; charset=utf-8", headers=headers)

@@ -19,19 +19,6 @@ from bot.dashboard.auth import AdminSession
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))  # autoescapes HTML
 
-# Pages load scripts and styles from /admin/static only; no inline script runs (the
-# chart data travels in <script type="application/json">, which is not executed).
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
-
 
 def _when(value: datetime | None) -> str:
     return value.isoformat(sep=" ", timespec="seconds") if value else "—"
@@ -54,9 +41,8 @@ def render(
         msg=request.query_params.get("msg"),
         err=context.get("err") or request.query_params.get("err"),
     )
-    response = TEMPLATES.TemplateResponse(request, template, context, status_code=status_code)
-    response.headers.update(SECURITY_HEADERS)
-    return response
+    # Security headers (CSP, no-store, …): bot/web/security.py adds them to every response.
+    return TEMPLATES.TemplateResponse(request, template, context, status_code=status_code)
 
 
 def back(path: str, *, msg: str | None = None, err: str | None = None) -> RedirectResponse:

@@ -48,16 +48,6 @@ MAX_FILES = 10
 MAX_UPLOAD_REQUEST = MAX_TOTAL_BYTES + 2**20
 MAX_FORM_REQUEST = 64 * 1024
 UPLOAD_FORM_LIMITS = {"max_files": MAX_FILES}
-# Scripts and styles from /static only, nothing inline; chosen photos preview as blob: URLs.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
 
 
 class WebPoster:
@@ -161,12 +151,12 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
     @router.get("/", response_class=HTMLResponse)
     def page(request: Request) -> HTMLResponse:
         _require_login(request, settings)
+        # Security headers: bot/web/security.py adds them to every response.
         response = TEMPLATES.TemplateResponse(
             request,
             "playground.html",
             {"max_upload_mb": MAX_TOTAL_BYTES // 2**20, "chat": chat_status(settings)},
         )
-        response.headers.update(SECURITY_HEADERS)
         if not _visitor(request, settings):
             token = URLSafeSerializer(settings.session_secret_value(), salt="playground").dumps(
                 secrets.token_hex(8)

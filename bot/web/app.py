@@ -16,6 +16,7 @@ from bot import worker_rows
 from bot.dashboard import mount_dashboard
 from bot.platforms.web import WebPoster, playground_router
 from bot.service import ConversationService
+from bot.web.security import install_security
 from core import metrics
 from core.db import session_scope
 from core.models import Job
@@ -64,6 +65,7 @@ def create_app(settings: Settings, supervised: Callable[[], list[WorkerState]] |
     """The web app; `supervised` reports the workers this process runs (`dreambot up`)."""
     app = FastAPI(title="dreambot", docs_url=None, redoc_url=None)
     app.state.settings = settings
+    install_security(app, settings)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

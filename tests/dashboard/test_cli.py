@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.dashboard.auth import authenticate
-from bot.dashboard.pgrole import readonly_role_sql
+from bot.dashboard.console_role import readonly_role_sql
 from core.settings import Settings
 from tests.helpers.profile import settings_env
 

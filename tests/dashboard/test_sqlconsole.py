@@ -7,14 +7,11 @@ The database checksum (every table's rows and columns) is the same afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from bot.dashboard.pgrole import readonly_role_sql
 from bot.dashboard.sqlconsole import (
     QueryFailed,
     RefusedStatement,
@@ -23,10 +20,8 @@ from bot.dashboard.sqlconsole import (
     run_sqlite,
     to_csv,
 )
-from core.db import dispose_engines
 from core.settings import Settings
 from tests.dashboard.seed import SECRET_TOKEN, Seeded, database_checksum
-from tests.helpers.profile import PG_URL
 
 ATTACKS = [
     "DELETE FROM jobs",
@@ -49,24 +44,12 @@ SLOW = (
 
 
 @pytest.fixture
-def console_settings(db_settings: Settings) -> Iterator[Settings]:
-    """On PostgreSQL, the console as the documented read-only role (created, then dropped)."""
+def console_settings(db_settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """On PostgreSQL, the console as the read-only role `dreambot admin console-role` makes."""
     if db_settings.is_sqlite:
-        yield db_settings
-        return
-    role = f"ro_{db_settings.database_schema}"
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text(readonly_role_sql(role, db_settings.database_schema or "public")))
-    url = make_url(PG_URL).set(username=role).render_as_string(hide_password=False)
-    try:
-        yield db_settings.model_copy(update={"console_database_url": url})
-    finally:
-        dispose_engines()
-        with engine.begin() as conn:
-            conn.execute(text(f'DROP OWNED BY "{role}"'))
-            conn.execute(text(f'DROP ROLE "{role}"'))
-        engine.dispose()
+        return db_settings
+    url = request.getfixturevalue("console_role_url")
+    return db_settings.model_copy(update={"console_database_url": url})
 
 
 def _bypass(settings: Settings, sql: str, **kw: float) -> object:

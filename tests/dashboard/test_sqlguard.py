@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import sqlglot
+from sqlglot import exp
 
 from bot.dashboard.sqlguard import RefusedStatement, check_statement
 
@@ -34,6 +36,17 @@ REFUSED = {
     "unknown table": "SELECT * FROM secrets",
     "system catalogue": "SELECT * FROM sqlite_master",
     "empty": "   ;  ",
+    # the allow-list: subqueries under VALUES, correlated columns, renamed columns, …
+    "hash under VALUES": "VALUES ((SELECT password_hash FROM admin_accounts LIMIT 1))",
+    "token under VALUES": "VALUES (1), ((SELECT interaction_token FROM conversations LIMIT 1))",
+    "renamed columns": "SELECT p FROM admin_accounts AS a(i, u, p)",
+    "printf": "SELECT printf('%.*c', 20000000, 'x')",
+    "repeat": "SELECT repeat('x', 20000000)",
+    "qualified function": "SELECT pg_catalog.lower('x')",
+    "parameter": "SELECT ?",
+    "lateral": "SELECT * FROM jobs, LATERAL (SELECT 1) AS x",
+    "unclosed quote": "SELECT 'abc",
+    "unclosed comment": "SELECT 1 /* x",
 }
 PG_ONLY_REFUSED = {
     "whole row": "SELECT c FROM conversations AS c",
@@ -49,6 +62,16 @@ PG_ONLY_REFUSED = {
     "set_config": "SELECT set_config('transaction_read_only', 'off', true)",
     "lock rows": "SELECT * FROM jobs FOR UPDATE",
     "sequence": "SELECT nextval('jobs_id_seq')",
+    "replication slot": "SELECT pg_create_physical_replication_slot('x', true)",
+    "drop slot": "SELECT pg_drop_replication_slot('x')",
+    "stats reset": "SELECT pg_stat_reset()",
+    "stats reset in WHERE": "SELECT id FROM jobs WHERE pg_stat_reset() IS NULL",
+    "switch wal": "SELECT pg_switch_wal()",
+    "restore point": "SELECT pg_create_restore_point('x')",
+    "other sessions": "SELECT pg_stat_get_backend_activity(1)",
+    "cast to regclass": "SELECT 'jobs'::regclass",
+    "dollar parameter": "SELECT $1",
+    "explain settings": "EXPLAIN (SETTINGS) SELECT 1",
 }
 ALLOWED = [
     "SELECT status, count(*) AS n FROM jobs GROUP BY status ORDER BY n DESC",
@@ -61,6 +84,26 @@ ALLOWED = [
     "SELECT * FROM jobs WHERE id IN (SELECT job_id FROM images)",
     "EXPLAIN SELECT * FROM jobs",
     "SELECT 1;",
+]
+# Queries the allow-list must keep accepting; what runs is their checked rendering.
+RENDERED = [
+    "VALUES ((SELECT max(id) FROM jobs)), (2)",
+    "SELECT id FROM jobs UNION SELECT id FROM users ORDER BY id",
+    "SELECT count(*) FILTER (WHERE status = 'failed') FROM jobs",
+    "SELECT u.id, (SELECT max(created_at) FROM jobs AS j WHERE j.owner_id = u.id) FROM users AS u",
+    "SELECT id, row_number() OVER (PARTITION BY kind ORDER BY created_at) FROM jobs",
+    "SELECT coalesce(error, ''), upper(kind), length(queue), round(attempt / 2.0, 1) FROM jobs",
+    "SELECT id AS password_hash FROM admin_accounts ORDER BY password_hash",
+    "SELECT CAST(created_at AS DATE), count(*) FROM jobs GROUP BY 1",
+]
+DIALECT_ALLOWED = [
+    ("sqlite", "SELECT json_extract(params, '$.prompt'), strftime('%Y', created_at) FROM jobs"),
+    ("sqlite", "SELECT key, value FROM json_each('{\"a\": 1}')"),
+    (
+        "postgres",
+        "SELECT params->>'prompt', date_trunc('day', created_at), extract(epoch FROM created_at) FROM jobs",
+    ),
+    ("postgres", "SELECT n FROM generate_series(1, 3) AS g(n)"),
 ]
 
 
@@ -83,6 +126,34 @@ def test_allowed(dialect: str, sql: str) -> None:
     checked = check_statement(sql, dialect)
     assert not checked.sql.endswith(";")
     assert checked.is_explain == sql.startswith("EXPLAIN")
+
+
+def _every_column_bound(sql: str, dialect: str) -> bool:
+    """True when every column in `sql` names its table (ORDER BY may name a result column)."""
+    tree = sqlglot.parse_one(sql, dialect=dialect)
+    return all(c.table or isinstance(c.parent, exp.Ordered) for c in tree.find_all(exp.Column))
+
+
+@pytest.mark.parametrize(("dialect", "sql"), [(d, s) for d in DIALECTS for s in RENDERED] + DIALECT_ALLOWED)
+def test_allowed_queries_run_as_checked(dialect: str, sql: str) -> None:
+    checked = check_statement(sql, dialect, schema_name="public")
+    assert _every_column_bound(checked.sql, dialect), checked.sql
+
+
+def test_what_runs_is_the_checked_tree() -> None:
+    """Every column bound to its table, `*` spelt out, comments gone."""
+    checked = check_statement("SELECT id /* note */ FROM jobs -- done", "postgres")
+    assert checked.sql == 'SELECT "jobs"."id" AS "id" FROM "jobs" AS "jobs"'
+    assert check_statement("SELECT * FROM users", "sqlite").sql.startswith('SELECT "users"."id" AS "id", ')
+    assert check_statement("VALUES (1)", "sqlite").sql == 'SELECT 1 AS "column1"'
+
+
+def test_unreadable_sql_is_a_sentence() -> None:
+    for sql in ("SELECT 'abc", "SELECT 1 /* x"):
+        with pytest.raises(RefusedStatement, match="not closed"):
+            check_statement(sql, "postgres")
+    with pytest.raises(RefusedStatement, match=r"line 1, column \d+"):
+        check_statement("SELECT (", "sqlite")
 
 
 def test_explain_forms_are_recognised() -> None:
