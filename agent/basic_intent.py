@@ -28,7 +28,7 @@ Kind = Literal[
     "offer_train",  # photos with "this is Rex, a dog": name, class_noun
     "ask_name",  # photos, but who is it?
     "ask_class",  # photos of "Rex", but what is Rex?
-    "train",  # name, class_noun, consent
+    "train",  # name, class_noun, consent, anyway
     "unknown_subject",  # "my cat" when no subject is a cat: noun
     "unknown",
 ]
@@ -54,6 +54,7 @@ class Intent:
     name: str = ""
     class_noun: str = ""
     consent: bool = False
+    anyway: bool = False  # train despite what the photo check pointed out
     noun: str = ""
 
 
@@ -81,6 +82,7 @@ SUBJECTS = {"subjects", "models", "subject", "list"}
 BIGGER = {"bigger", "larger", "upscale", "upscaled", "enlarge", "upsize", "hires", "hi-res", "sharper"}
 AGAIN = {"again", "another", "reroll", "redo", "more", "retry", "repeat"}
 YES = {"yes", "yeah", "yep", "yup", "ok", "okay", "sure", "go", "start", "please", "do", "it", "ahead"}
+ANYWAY = {"train", "anyway", "anyhow", "regardless"}  # "train anyway": yes to the photo check's question
 GREETING = {"hi", "hello", "hey", "hiya", "yo", "help"}
 VERBS = {"put", "draw", "make", "show", "generate", "create", "paint", "render", "imagine", "picture",
          "photo", "image", "pic", "sketch", "portrait", "give"}  # fmt: skip
@@ -115,9 +117,10 @@ _INTRO = re.compile(
     re.IGNORECASE,
 )
 _MY_CLASS_NAME = re.compile(r"\b(?:my|our)\s+(?P<class>[a-z]+)\s*,?\s+(?P<name>[A-Z][\w'-]*)")
+PHOTO_QUESTION = "Train anyway?"  # how the photo check's question ends (core.photo_quality)
 _TRAIN = re.compile(r"\b(?:train|learn|teach)\b", re.IGNORECASE)
 NOT_NAMES = {"photos", "photo", "pictures", "picture", "pics", "some", "a", "an", "the", "my", "our", "them",
-             "these", "it", "me", "him", "her", "as", "on", "of", "is"}  # fmt: skip
+             "these", "it", "me", "him", "her", "as", "on", "of", "is", "anyway"}  # fmt: skip
 _POSSESSIVE_NOUN = re.compile(r"\b(?:my|our)\s+(?P<noun>[a-z]+)\b", re.IGNORECASE)
 # "my own style", "my favourite colour": possessives that name no subject.
 NOT_SUBJECT_NOUNS = {"own", "favourite", "favorite", "style", "idea", "photos", "photo", "pictures",
@@ -220,10 +223,11 @@ def interpret(text: str, subjects: list[Known], *, has_photos: bool = False, off
     it made, answered now with "yes")."""
     words = words_of(text)
     consent = bool(CONSENT.search(text))
+    anyway = "anyway" in words
     if _TRAIN.search(text) and not has_photos:
         name, noun = introduction(text)
         if name and noun:
-            return Intent("train", name=name, class_noun=noun, consent=consent)
+            return Intent("train", name=name, class_noun=noun, consent=consent, anyway=anyway)
     if has_photos:
         name, noun = introduction(text)
         if not name:
@@ -233,11 +237,12 @@ def interpret(text: str, subjects: list[Known], *, has_photos: bool = False, off
         if _TRAIN.search(text):
             return Intent("train", name=name, class_noun=noun, consent=consent)
         return Intent("offer_train", name=name, class_noun=noun, consent=consent)
-    agreed = bool(words) and all(close(w, YES) for w in words)
+    agreed = bool(words) and all(close(w, YES | ANYWAY) for w in words)
     if offer and (agreed or (consent and len(words) <= 8)):
         name, noun = introduction(offer)
-        if name and noun:
-            return Intent("train", name=name, class_noun=noun, consent=consent)
+        if name and noun:  # an offer that was the photo check's question: "yes" trains anyway
+            anyway = anyway or PHOTO_QUESTION in offer
+            return Intent("train", name=name, class_noun=noun, consent=consent, anyway=anyway)
 
     if STATUS_PHRASES.search(text):  # "is Rex ready yet?" names Rex but asks about the training
         return Intent("status")

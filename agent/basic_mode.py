@@ -220,7 +220,14 @@ def _train(ctx: ToolContext, intent: Intent, _n: int, _s: list[Known]) -> str:
         name=intent.name,
         class_noun=intent.class_noun,
         consent_confirmed=intent.consent,
+        photos_confirmed=intent.anyway,
     )
+    if out.get("photos_need_confirmation"):  # the photo check's question, and how to answer it
+        consent = ", I have consent" if intent.consent else ""
+        return (
+            f"{out['error']}\nSay “train {intent.name} as {_a(intent.class_noun)} anyway{consent}” "
+            "to train on them as they are, or send other photos."
+        )
     if "error" in out:
         return str(out["error"])
     return f"Training {intent.name} has started (job #{out['job_id']}); I'll post its progress here."

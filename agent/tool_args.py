@@ -40,6 +40,11 @@ class TrainSubjectArgs(Args):
         description="only true if the person explicitly confirmed they have the right to use "
         "these photos (needed for photos of a person; ask them first)",
     )
+    photos_confirmed: bool = Field(
+        False,
+        description="only true if describe_photos (or an earlier train_subject) reported problems "
+        "with the photos and the person said to train anyway",
+    )
 
 
 class GenerateImagesArgs(Args):

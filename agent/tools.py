@@ -34,11 +34,19 @@ from core import jobs
 from core.db import session_scope
 from core.errors import UserFacingError
 from core.models import Image, Job, Subject, User
+from core.photos import PhotoRejected, check_photo
 from core.quotas import usage
 from core.sample_request import parse_sample_request
 from core.settings import Settings
 from core.storage import storage_from_settings
-from core.subjects import MAX_PHOTOS, MIN_PHOTOS, kind_of, start_training
+from core.subjects import (
+    MAX_PHOTOS,
+    MIN_PHOTOS,
+    PhotosNeedConfirmation,
+    coach_photos,
+    kind_of,
+    start_training,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +170,33 @@ def list_subjects(ctx: ToolContext, _: NoArgs) -> dict[str, Any]:
         }
 
 
+def _photo_check(ctx: ToolContext, keys: list[str], class_noun: str) -> dict[str, Any] | None:
+    """The photo coach's numbers for the photos (what /train would show), so the model does
+    not rely on its own impression alone; None when a photo cannot be read."""
+    storage = storage_from_settings(ctx.settings)
+    photos = [(storage.read_bytes(k), k.rsplit("/", 1)[-1]) for k in keys[:MAX_PHOTOS]]
+    try:
+        for data, name in photos:
+            check_photo(data, name)
+    except PhotoRejected:
+        return None
+    report = coach_photos(ctx.settings, photos, class_noun)
+    numbers = {"verdict", "reason", "sharpness", "relative_sharpness", "dark_share", "bright_share"}
+    numbers |= {"faces", "crop_side", "copy_of"}
+    return {
+        "summary": report.summary,
+        "photos_used": len(report.kept),
+        "photos": [{"photo": s.index + 1, **s.model_dump(include=numbers)} for s in report.photos],
+    }
+
+
 def describe_photos(ctx: ToolContext, args: DescribePhotosArgs) -> dict[str, Any]:
-    count = len(latest_photos(ctx.settings, ctx.conversation_id, ctx.user_id)) if ctx.conversation_id else 0
-    warnings = []
+    keys = latest_photos(ctx.settings, ctx.conversation_id, ctx.user_id) if ctx.conversation_id else []
+    count = len(keys)
+    check = _photo_check(ctx, keys, args.class_noun) if keys else None
+    warnings = [
+        f"Photo {p['photo']}: {p['reason']}" for p in (check or {}).get("photos", []) if p["verdict"] != "ok"
+    ]
     if count < MIN_PHOTOS:
         warnings.append(f"Only {count} photo(s) here; training needs {MIN_PHOTOS} to {MAX_PHOTOS}.")
     if count > MAX_PHOTOS:
@@ -182,6 +214,7 @@ def describe_photos(ctx: ToolContext, args: DescribePhotosArgs) -> dict[str, Any
         "class_noun": args.class_noun,
         "subject_kind": kind_of(args.class_noun),
         "warnings": warnings,
+        "photo_check": check,  # measured: the same scores /train shows before it trains
         "ready_to_train": count >= MIN_PHOTOS and args.one_subject,
     }
 
@@ -191,17 +224,21 @@ def train_subject(ctx: ToolContext, args: TrainSubjectArgs) -> dict[str, Any]:
     settings = ctx.settings
     keys = latest_photos(settings, ctx.conversation_id, ctx.user_id) if ctx.conversation_id else []
     storage = storage_from_settings(settings)
-    started = start_training(
-        settings,
-        owner_id=ctx.user_id,
-        name=args.name,
-        class_noun=args.class_noun,
-        photos=[(storage.read_bytes(k), k.rsplit("/", 1)[-1]) for k in keys],
-        conversation_id=ctx.conversation_id,
-        idempotency_key=ctx.next_key(),
-        subject_kind=args.subject_kind,
-        consent=args.consent_confirmed,
-    )
+    try:
+        started = start_training(
+            settings,
+            owner_id=ctx.user_id,
+            name=args.name,
+            class_noun=args.class_noun,
+            photos=[(storage.read_bytes(k), k.rsplit("/", 1)[-1]) for k in keys],
+            conversation_id=ctx.conversation_id,
+            idempotency_key=ctx.next_key(),
+            subject_kind=args.subject_kind,
+            consent=args.consent_confirmed,
+            confirmed=args.photos_confirmed,
+        )
+    except PhotosNeedConfirmation as exc:  # ask the person; "train anyway" is photos_confirmed
+        return {"error": str(exc), "photos_need_confirmation": True}
     ctx.done(started.job_id)
     if started.existing:  # this event already started it
         return {"job_id": started.job_id, "subject_id": started.subject_id, "status": "queued"}

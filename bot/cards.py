@@ -188,7 +188,7 @@ def render_card(job: JobSnapshot) -> Card:
     title = _title(job)
     if job.status == "queued":
         place = f"queued #{job.queue_position}" if job.queue_position else "queued"
-        return Card(f"{title} — {place}")
+        return Card(f"{title} — {place}", preview=_preview(job.progress))  # a training: its photo crops
     if job.status == "running" and (fetching := _downloading(job.progress)) is not None:
         return Card(f"{title} — {fetching}")
     if job.status == "running":

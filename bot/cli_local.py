@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from core.errors import UserFacingError
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.photo_quality import PhotoReport
 
 
 def generate(
@@ -90,12 +93,18 @@ def train(
         bool, typer.Option("--keep-photos", help="keep the photos after training (deleted otherwise)")
     ] = False,
     out: Annotated[Path, typer.Option(help="folder for the test pictures made after training")] = Path("."),
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="train even when the photo check has something to say")
+    ] = False,
 ) -> None:
-    """Train a subject locally with the same code path as /train; prints where the model went."""
+    """Train a subject locally with the same code path as /train; prints where the model went.
+
+    The photo check comes first: when it has something to say it prints a table of the
+    photos and asks "Train anyway?" (`--yes` answers it)."""
     from bot.cli import _fail, _settings
     from bot.local_jobs import cli_user, export_images, run_or_follow
     from core.names import subject_names
-    from core.subjects import ConsentRequired, start_training
+    from core.subjects import ConsentRequired, PhotosNeedConfirmation, start_training
     from core.train_config import build_config, load_config_file, parse_set
     from core.uploads import UploadBudget
 
@@ -107,8 +116,7 @@ def train(
         overrides.update(parse_set(set_ or []))
         overrides.update({k: v for k, v in {"method": method, "steps": steps}.items() if v is not None})
         build_config(deployment_file=settings.train_config, overrides=overrides)  # refuse bad keys now
-        started = start_training(
-            settings,
+        args = dict(
             owner_id=cli_user(settings),
             name=name,
             class_noun=class_noun,
@@ -117,6 +125,13 @@ def train(
             consent=consent,
             keep_photos=keep_photos,
         )
+        try:
+            started = start_training(settings, **args, confirmed=yes)  # type: ignore[arg-type]
+        except PhotosNeedConfirmation as asked:
+            typer.echo(photo_table(asked.report))
+            if not typer.confirm("Train anyway?", default=False):
+                raise _fail("Nothing was trained.") from None
+            started = start_training(settings, **args, confirmed=True)  # type: ignore[arg-type]
     except ConsentRequired as exc:  # its text speaks of chat; here the answer is a flag
         raise _fail(f"{exc}\nIf that's true, run the same command again with --consent.") from None
     except UserFacingError as exc:
@@ -130,3 +145,18 @@ def train(
     typer.echo(f"{name} ({started.token} {class_noun}) is ready: {result.get('artifact_key', '')}")
     for path in export_images(settings, started.job_id, out):  # the validation pictures
         typer.echo(path)
+
+
+def photo_table(report: PhotoReport) -> str:
+    """The photo check as a table: one row a photo, then the summary."""
+    rows = [("#", "photo", "verdict", "sharpness", "faces", "crop px", "")]
+    for p in report.photos:
+        faces = "" if p.faces is None else str(p.faces)
+        sharp = f"{p.relative_sharpness:.2f}×"
+        rows.append((str(p.index + 1), p.filename, p.verdict, sharp, faces, str(p.crop_side), p.reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths, strict=True)) + "  " + row[6]
+        for row in rows
+    ]
+    return "\n".join([*lines, "", report.summary])

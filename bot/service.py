@@ -31,8 +31,10 @@ from core.db import get_engine, session_scope
 from core.dbclock import db_now
 from core.errors import NotFound, UserFacingError
 from core.models import Conversation, Job, PlatformEvent, Subject, User
+from core.photo_quality import PhotoReport
+from core.photos import check_photo
 from core.settings import Settings
-from core.subjects import ConsentRequired, start_training
+from core.subjects import ConsentRequired, PhotosNeedConfirmation, coach_photos, start_training
 from core.uploads import check_uploads
 
 INTERACTION_LIFETIME = timedelta(minutes=15)
@@ -71,6 +73,9 @@ class Reply:
     recorded: bool = False  # the agent kept this exchange in the conversation history
     buttons: list[Button] = field(default_factory=list)  # to show under the reply (/forget's confirm)
     needs_consent: bool = False  # /train of a person without consent: ask, then call again with it
+    # /train's photo coach has something to say: nothing was created; show `text` (the
+    # question) with "Train anyway" / "Cancel", and call again with `confirmed=True`.
+    photo_check: PhotoReport | None = None
 
 
 class ConversationService:
@@ -87,13 +92,30 @@ class ConversationService:
         uploads: list[Upload],
         consent: bool = False,
         keep_photos: bool = False,
+        confirmed: bool = False,
     ) -> Reply:
         """`/train`: check the photos, create the subject and queue its training.
 
         `consent`: the uploader confirmed they may use these photos (required for a person;
         without it the reply has `needs_consent` and nothing is created). `keep_photos`:
-        keep the training photos after the model is trained (default: deleted)."""
-        return await self._guarded(origin, self._train, name, class_noun, uploads, consent, keep_photos)
+        keep the training photos after the model is trained (default: deleted). When the
+        photo coach finds something (blurry, dark, copies, no face…) and not `confirmed`,
+        the reply has `photo_check` and asks; nothing is created until it is confirmed."""
+        return await self._guarded(
+            origin, self._train, name, class_noun, uploads, consent, keep_photos, confirmed
+        )
+
+    async def check_photos(self, class_noun: str, uploads: list[Upload]) -> PhotoReport:
+        """The photo coach's verdicts before anything is sent to /train (the playground's
+        badges). Raises `UserFacingError` for a file that is not a usable photo."""
+
+        def work() -> PhotoReport:
+            photos = [(u.data, u.filename) for u in _checked(uploads)]
+            for data, filename in photos:  # one decoded photo in memory at a time
+                check_photo(data, filename)
+            return coach_photos(self.settings, photos, class_noun)
+
+        return await asyncio.to_thread(work)
 
     async def forget(self, origin: Origin, subject_name: str | None = None, confirm: bool = False) -> Reply:
         """`/forget [subject]`: delete one subject, or everything of this person.
@@ -256,6 +278,7 @@ class ConversationService:
         uploads: list[Upload],
         consent: bool,
         keep_photos: bool,
+        confirmed: bool,
     ) -> Reply:
         try:
             started = start_training(
@@ -268,11 +291,17 @@ class ConversationService:
                 idempotency_key=ctx.next_key(),
                 consent=consent,
                 keep_photos=keep_photos,
+                confirmed=confirmed,
             )
         except ConsentRequired as exc:
             return Reply(str(exc), ephemeral=True, needs_consent=True)
+        except PhotosNeedConfirmation as exc:
+            return Reply(str(exc), ephemeral=True, photo_check=exc.report)
+        left_out = len(uploads) - started.photos if started.photos else 0
+        copies = "1 was a copy" if left_out == 1 else f"{left_out} were copies"
+        used = f" (training on {started.photos}: {copies})" if left_out > 0 else ""
         return Reply(
-            f"Got {len(uploads)} photos of {name} — training has started. I'll keep this message "
+            f"Got {len(uploads)} photos of {name}{used} — training has started. I'll keep this message "
             f"updated and tell you when {name} is ready.",
             job_ids=[started.job_id],
         )

@@ -70,11 +70,13 @@ def submit(
     idempotency_key: str | None = None,
     queue: str | None = None,
     max_attempts: int | None = None,
+    progress: dict[str, Any] | None = None,
 ) -> Job:
     """Create a job (quota-checked, idempotent on its key), then send its task by name.
 
     The one way any part starts a job. If sending fails the row stays `queued` and the
-    sweeper sends it later, so a broker hiccup never loses work.
+    sweeper sends it later, so a broker hiccup never loses work. `progress`: what the card
+    shows until the worker reports (a training's photo strip).
     """
     if kind not in queues.TASK_NAMES:
         raise ValueError(f"unknown job kind {kind!r}")
@@ -91,7 +93,7 @@ def submit(
             owner_id=owner_id,
             conversation_id=conversation_id,
             params=params,
-            progress={},
+            progress=dict(progress or {}),
             idempotency_key=idempotency_key,
             max_attempts=max_attempts or settings.max_attempts,
         )

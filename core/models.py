@@ -118,6 +118,9 @@ class Photo(Base):
     bytes: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
+    # The square training crop [left, top, right, bottom] chosen by the photo coach
+    # (core/photo_crop.py); NULL: the centre square.
+    crop: Mapped[list[Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = _now()
 
     subject: Mapped[Subject] = relationship(back_populates="photos")

@@ -15,7 +15,7 @@ import contextlib
 import io
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -174,14 +174,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def preview_rgb(data: bytes, max_side: int) -> Image.Image:
+def preview_rgb(data: bytes, max_side: int, *, reducing_gap: float = 2.0) -> Image.Image:
     """An upright RGB copy of the image in `data`, longest side at most `max_side`, decoding
     only what that needs: a JPEG at a reduced scale, anything else reduced right after its
     one decode (a 49 MP photo costs one decoded copy, briefly, not several). Raises what
-    Pillow raises for a file it cannot read."""
+    Pillow raises for a file it cannot read. `reducing_gap`: a JPEG is decoded at the
+    smallest scale still this many times the target size (1.0: the cheapest, for measuring)."""
     with Image.open(io.BytesIO(data)) as image:
-        # thumbnail() decodes a JPEG at the smallest scale still twice the target size.
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
         image.load()
         with contextlib.suppress(Exception):  # as in validate_photo: broken EXIF is no reason
             ImageOps.exif_transpose(image, in_place=True)
@@ -214,22 +214,25 @@ def store_subject_photos(
     *,
     min_side: int = MIN_SIDE,
     checked: bool = False,
+    crops: Sequence[Sequence[int] | None] = (),
 ) -> list[StoredPhoto]:
     """Validate every photo first (all or nothing), then store each as an upright JPEG
     under `subjects/{id}/photos/{n}.jpg` with a `Photo` row. Raises `PhotoRejected` for
     the first bad one, before anything is stored. Photos are decoded one at a time and
     released before the next, so memory stays at one photo's pixels whatever the count.
-    `checked`: the caller already put every photo through `check_photo`."""
+    `checked`: the caller already put every photo through `check_photo`. `crops`: each
+    photo's square training crop (the photo coach's), kept on its row."""
     photos = list(photos)
     for data, name in [] if checked else photos:
         check_photo(data, name, min_side=min_side)
+    boxes = [list(box) if box else None for box in crops] + [None] * (len(photos) - len(crops))
     storage = storage_from_settings(settings)
     stored: list[StoredPhoto] = []
     with session_scope(settings) as session:
         count = session.scalar(select(func.count(Photo.id)).where(Photo.subject_id == subject_id)) or 0
         taken = set(session.scalars(select(Photo.storage_key).where(Photo.subject_id == subject_id)))
         n = count
-        for photo, name in photos:
+        for (photo, name), box in zip(photos, boxes, strict=False):
             while photo_key(subject_id, n) in taken:
                 n += 1
             key = photo_key(subject_id, n)
@@ -246,6 +249,7 @@ def store_subject_photos(
                 bytes=len(data),
                 width=width,
                 height=height,
+                crop=box,
             )
             session.add(row)
             session.flush()

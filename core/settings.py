@@ -224,6 +224,44 @@ class Settings(BaseSettings):
         "once per fleet and a restarted worker is warm in seconds",
     )
 
+    # -- the photo coach (core/photo_quality.py): what /train points out before training ----
+    photo_min_sharpness: float = Field(
+        0.0015,
+        ge=0,
+        description="a photo whose subject area has less detail than this (variance of the Laplacian "
+        "on a copy 512 px tall) is called blurry",
+    )
+    photo_blur_ratio: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="a photo with less than this share of the set's median sharpness is called blurry",
+    )
+    photo_dark_share: float = Field(
+        0.6, gt=0, le=1, description="share of nearly black pixels (in the crop) that makes a photo too dark"
+    )
+    photo_bright_share: float = Field(
+        0.4,
+        gt=0,
+        le=1,
+        description="share of blown-out white pixels (in the crop) that makes a photo overexposed",
+    )
+    photo_duplicate_distance: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="photos whose perceptual hashes (64 bits) differ in at most this many bits are copies; "
+        "only the sharpest of them is trained on",
+    )
+    photo_min_crop_side: int = Field(
+        384, ge=1, description="pixels the square training crop should have at least (training works at 512)"
+    )
+    photo_min_distinct: int = Field(
+        3,
+        ge=1,
+        description="different photos (copies removed) below which the coach warns (at least 3 are always needed)",
+    )
+
     # -- job lifecycle timings (seconds) ----------------------------------------------------
     heartbeat_interval: float = Field(10.0, gt=0, description="seconds between a running job's heartbeats")
     lease_timeout: float = Field(120.0, gt=0, description="a running job silent this long is lost")

@@ -8,6 +8,7 @@ platform event) live here once.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from core.dbclock import db_now
 from core.errors import UserFacingError
 from core.models import Job, Subject, User
 from core.names import kind_of, subject_names
+from core.photo_quality import PhotoReport, PhotoThresholds, check_photos
 from core.photos import check_photo, store_subject_photos
 from core.quotas import check_job_quota
 from core.settings import Settings
@@ -27,7 +29,7 @@ from core.storage import storage_from_settings
 MIN_PHOTOS, MAX_PHOTOS = 3, 10
 RARE_TOKENS = ("zwx", "sks", "ohwx", "qzv", "vkb", "xjy", "pqd", "wlx", "tzk", "bfy")
 # What a person confirms before photos of a person are used. Stored with the subject.
-# The class noun (or the agent's subject_kind) decides; there is no face detector.
+# The class noun (or the agent's subject_kind) decides; the photo coach's face detector only advises.
 CONSENT_TEXT = (
     "I have the right to use these photos: they show me, or the person in them agreed "
     "to me training a model of them."
@@ -42,12 +44,23 @@ class ConsentRequired(SubjectError):
     """Photos of a person without the uploader's confirmation: nothing was created."""
 
 
+class PhotosNeedConfirmation(SubjectError):
+    """The photo coach found something to point out and the person has not said "train
+    anyway" yet: nothing was created. The message is the set summary and the question;
+    `report` has each photo's verdict for surfaces that show more."""
+
+    def __init__(self, report: PhotoReport) -> None:
+        super().__init__(report.question())
+        self.report = report
+
+
 @dataclass(frozen=True)
 class TrainingStarted:
     subject_id: int
     job_id: int
     token: str
     existing: bool  # this event had already started it (a retry or double click)
+    photos: int = 0  # photos it trains on (copies the coach dropped are not)
 
 
 def pick_token(used: set[str]) -> str:
@@ -71,6 +84,31 @@ def check_photo_count(n: int) -> None:
         raise SubjectError(f"Please send at most {MAX_PHOTOS} photos (you sent {n}).")
 
 
+def coach_photos(
+    settings: Settings,
+    photos: Sequence[tuple[bytes, str]],
+    class_noun: str,
+    subject_kind: str | None = None,
+    strip: bool = False,
+) -> PhotoReport:
+    """The photo coach's report on photos that passed `check_photo`: what every surface
+    shows before training (and `describe_photos` gives the agent). `strip`: with the
+    picture of the crops for the training card."""
+    person = "person" in (kind_of(class_noun or "object"), subject_kind)
+    limits = PhotoThresholds.from_settings(settings)
+    return check_photos(photos, person=person, limits=limits, strip=strip)
+
+
+def check_distinct(report: PhotoReport) -> None:
+    if len(report.kept) < MIN_PHOTOS:
+        copies = len(report.photos) - len(report.kept)
+        raise SubjectError(
+            f"{copies} of your {len(report.photos)} photos are copies of another, which leaves "
+            f"{len(report.kept)} different ones; I need at least {MIN_PHOTOS}. "
+            "Please add photos from other angles or places."
+        )
+
+
 def start_training(
     settings: Settings,
     *,
@@ -84,6 +122,7 @@ def start_training(
     config: dict[str, object] | None = None,
     consent: bool = False,
     keep_photos: bool = False,
+    confirmed: bool = False,
 ) -> TrainingStarted:
     """Validate the photos, create the subject with its photos, and submit its training.
 
@@ -91,6 +130,10 @@ def start_training(
     photo and no job behind. Raises `UserFacingError` subclasses with friendly messages.
     A person (by class noun or `subject_kind`) needs `consent=True`: the uploader confirmed
     `CONSENT_TEXT`, recorded on the subject with when and by whom.
+
+    The photo coach checks the photos first (`coach_photos`): anything it points out raises
+    `PhotosNeedConfirmation` unless `confirmed` (the person said "train anyway"). Photos it
+    drops as copies are not stored; the others are stored with their training crop.
     """
     name, class_noun = subject_names(name, class_noun)  # or NameRefused
     if not consent and "person" in (kind_of(class_noun), subject_kind):
@@ -102,6 +145,10 @@ def start_training(
     check_photo_count(len(photos))
     for data, filename in photos:  # reject before creating anything, one photo in memory at a time
         check_photo(data, filename)
+    report = coach_photos(settings, photos, class_noun, subject_kind, strip=True)
+    check_distinct(report)
+    if report.needs_confirmation and not confirmed:
+        raise PhotosNeedConfirmation(report)
     with session_scope(settings) as session:
         if idempotency_key and (
             job := session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
@@ -131,7 +178,9 @@ def start_training(
         session.flush()
         subject_id, token = subject.id, subject.token
     try:
-        store_subject_photos(settings, subject_id, photos, checked=True)
+        store_subject_photos(
+            settings, subject_id, [photos[i] for i in report.kept], crops=report.kept_crops(), checked=True
+        )
         job = jobs.submit(
             settings,
             kind="train",
@@ -143,11 +192,19 @@ def start_training(
                 "subject_kind": subject_kind or kind_of(class_noun),
                 **({"config": config} if config else {}),
             },
+            progress=_strip_preview(report),
         )
     except BaseException:
         delete_subject(settings, subject_id)
         raise
-    return TrainingStarted(subject_id, job.id, token, False)
+    return TrainingStarted(subject_id, job.id, token, False, len(report.kept))
+
+
+def _strip_preview(report: PhotoReport) -> dict[str, str]:
+    """The card's picture until training reports its own: the crops it will learn from."""
+    if not report.strip:
+        return {}
+    return {"preview": "data:image/jpeg;base64," + base64.b64encode(report.strip).decode()}
 
 
 def delete_subject(settings: Settings, subject_id: int) -> int:

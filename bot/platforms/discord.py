@@ -26,7 +26,7 @@ from discord import app_commands
 
 from bot.cards import parse_forget_id
 from bot.platforms import discord_commands
-from bot.platforms.discord_commands import ConsentView
+from bot.platforms.discord_commands import ConsentView, HeldTraining, PhotoCheckView
 from bot.platforms.discord_convert import (
     clip,
     interaction_origin,
@@ -173,6 +173,7 @@ class DiscordAdapter:
         *,
         consent: bool = False,
         keep_photos: bool = False,
+        confirmed: bool = False,
     ) -> None:
         if not await self.defer(interaction):
             return
@@ -187,17 +188,21 @@ class DiscordAdapter:
         thread = await self._training_thread(interaction, name)
         origin = interaction_origin(interaction, thread_id=str(thread.id) if thread else None)
         reply = await self.service.train(
-            origin, name, class_noun, uploads, consent=consent, keep_photos=keep_photos
+            origin, name, class_noun, uploads, consent=consent, keep_photos=keep_photos, confirmed=confirmed
         )
         if thread is not None and not reply.job_ids:  # refused or a redelivery: no empty thread
             with contextlib.suppress(discord.HTTPException):
                 await thread.delete()
         if reply.duplicate:
             return
+        held = HeldTraining(name, class_noun, photos, consent, keep_photos)
         if reply.needs_consent:  # this event is spent: confirming is a new one (the button)
             text = f"{reply.text}\n{ASK_CONSENT}"
-            view = ConsentView(self, interaction.user.id, name, class_noun, photos, keep_photos)
+            view = ConsentView(self, interaction.user.id, held)
             await self.answer(interaction, replace(reply, text=text), view=view)
+            return
+        if reply.photo_check is not None:  # the coach asks first: "Train anyway" trains (a new event)
+            await self.answer(interaction, reply, view=PhotoCheckView(self, interaction.user.id, held))
             return
         text = reply.text + (f"\nFollow along in {thread.mention}." if thread and reply.job_ids else "")
         await self.answer(interaction, replace(reply, text=text))

@@ -6,6 +6,7 @@ Each callback's first act (inside the adapter) is deferring the interaction.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import discord
@@ -118,28 +119,51 @@ class TrainForm(discord.ui.Modal, title="Train a subject"):
         )
 
 
-class ConsentView(discord.ui.View):
-    """The "I confirm" button under a /train refused for want of consent (photos of a person).
+@dataclass(frozen=True)
+class HeldTraining:
+    """A /train's arguments, held under the buttons of its answer."""
 
-    Pressing it trains with consent, as a new interaction (the refused one's event id is
-    spent), with the same photos: the attachments are kept here, in discord.py's memory,
-    for 15 minutes, like an open TrainForm; after a restart the button does nothing and the
-    person runs /train again with consent:True. Its custom_id is not "db:…", so the
-    adapter's button handler leaves it to this view.
-    """
+    name: str
+    class_noun: str
+    photos: list[discord.Attachment]
+    consent: bool
+    keep_photos: bool
 
-    def __init__(
-        self,
-        adapter: DiscordAdapter,
-        owner_id: int,
-        name: str,
-        class_noun: str,
-        photos: list[discord.Attachment],
-        keep_photos: bool,
-    ) -> None:
+
+class _UploaderView(discord.ui.View):
+    """Buttons under a /train answer that hold its photos (the attachments, in discord.py's
+    memory, for 15 minutes, like an open TrainForm; after a restart the buttons do nothing
+    and the person runs /train again) and answer only the uploader's presses. Pressing
+    one that trains is a new interaction (the answered one's event id is spent)."""
+
+    def __init__(self, adapter: DiscordAdapter, owner_id: int, held: HeldTraining) -> None:
         super().__init__(timeout=15 * 60)
-        self.adapter, self.owner_id = adapter, owner_id
-        self.train_args = (name, class_noun, photos, keep_photos)
+        self.adapter, self.owner_id, self.held = adapter, owner_id, held
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:  # type: ignore[override]
+        return interaction.user.id == self.owner_id  # only the uploader decides
+
+    async def _train(self, interaction: discord.Interaction, *, consent: bool, confirmed: bool) -> None:
+        self.stop()  # one training per answer, even when pressed twice
+        held = self.held
+        await self.adapter.train(
+            interaction,
+            held.name,
+            held.class_noun,
+            held.photos,
+            consent=consent,
+            keep_photos=held.keep_photos,
+            confirmed=confirmed,
+        )
+
+
+class ConsentView(_UploaderView):
+    """The "I confirm" button under a /train refused for want of consent (photos of a
+    person): pressing it trains the same photos with consent. Its custom_id is not "db:…",
+    so the adapter's button handler leaves it to this view."""
+
+    def __init__(self, adapter: DiscordAdapter, owner_id: int, held: HeldTraining) -> None:
+        super().__init__(adapter, owner_id, held)
         confirm: discord.ui.Button[ConsentView] = discord.ui.Button(
             label="I confirm — train",
             style=discord.ButtonStyle.primary,
@@ -148,10 +172,34 @@ class ConsentView(discord.ui.View):
         confirm.callback = self._confirmed  # type: ignore[method-assign]
         self.add_item(confirm)
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:  # type: ignore[override]
-        return interaction.user.id == self.owner_id  # only the uploader can confirm
-
     async def _confirmed(self, interaction: discord.Interaction) -> None:
-        self.stop()  # one training per confirmation, even when pressed twice
-        name, class_noun, photos, keep_photos = self.train_args
-        await self.adapter.train(interaction, name, class_noun, photos, consent=True, keep_photos=keep_photos)
+        await self._train(interaction, consent=True, confirmed=False)
+
+
+class PhotoCheckView(_UploaderView):
+    """ "Train anyway" / "Cancel" under the photo coach's question (/train's photos have
+    something to point out; nothing was created): "Train anyway" trains them with
+    `confirmed=True`, "Cancel" closes the question."""
+
+    def __init__(self, adapter: DiscordAdapter, owner_id: int, held: HeldTraining) -> None:
+        super().__init__(adapter, owner_id, held)
+        key = uuid.uuid4().hex
+        for label, style, callback in (
+            ("Train anyway", discord.ButtonStyle.primary, self._anyway),
+            ("Cancel", discord.ButtonStyle.secondary, self._cancel),
+        ):
+            button: discord.ui.Button[PhotoCheckView] = discord.ui.Button(
+                label=label, style=style, custom_id=f"photos:{label.split()[0].lower()}:{key}"
+            )
+            button.callback = callback  # type: ignore[method-assign]
+            self.add_item(button)
+
+    async def _anyway(self, interaction: discord.Interaction) -> None:
+        await self._train(interaction, consent=self.held.consent, confirmed=True)
+
+    async def _cancel(self, interaction: discord.Interaction) -> None:
+        self.stop()
+        await interaction.response.edit_message(content=CANCELLED, view=None)
+
+
+CANCELLED = "Cancelled: nothing was trained. Run /train again with other photos whenever you like."

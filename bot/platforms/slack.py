@@ -14,6 +14,9 @@ What runs where:
 - /imagine likewise starts a thread; /models, /jobs, /cancel, /quota answer ephemerally.
 - App mentions, DMs and messages in threads dreambot is part of go to the agent.
 - Buttons (block actions whose action_id is the card's custom_id) go to `service.press`.
+- When the photo coach has something to say about /train's photos, the answer is a private
+  question with "Train anyway" / "Cancel" (`photos:train:<key>`); the downloaded photos
+  wait in memory for 15 minutes (like an open modal), and "Train anyway" trains them.
 Job cards and images are posted by delivery through `SlackPoster` (bot/platforms/slack_poster.py).
 """
 
@@ -47,9 +50,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bot.cards import Button
+from bot.platforms import slack_photo_check as photo_check
 from bot.platforms.slack_convert import (
     TRAIN_CALLBACK,
     DownloadRefused,
+    TrainForm,
     action_origin,
     command_origin,
     download,
@@ -60,7 +65,7 @@ from bot.platforms.slack_convert import (
     train_values,
 )
 from bot.platforms.slack_poster import SlackPoster, blocks_for, slack_error
-from bot.service import ConversationService, Origin, Reply
+from bot.service import ConversationService, Origin, Reply, Upload
 from bot.up_console import announce
 from core.db import session_scope
 from core.models import Conversation
@@ -102,6 +107,7 @@ class SlackAdapter:
         )
         self.poster = SlackPoster(self.client)
         self._session: aiohttp.ClientSession | None = None
+        self._asked = photo_check.AskedTrainings()  # /train photos waiting for "Train anyway"
         self._register(self.app)
 
     # -- serving -----------------------------------------------------------------------------
@@ -169,6 +175,7 @@ class SlackAdapter:
         for name in ("/models", "/jobs", "/cancel", "/quota", "/forget"):
             app.command(name)(self._on_command)
         app.action(re.compile(r"^db:"))(self._on_button)
+        app.action(re.compile(rf"^{photo_check.PREFIX}"))(self._on_photo_answer)
 
     async def _on_mention(
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
@@ -230,14 +237,47 @@ class SlackAdapter:
         except DownloadRefused as exc:
             await self._say(origin, str(exc), ephemeral=True)
             return
-        headline = f"📸 <@{user['id']}> is teaching me *{form.name}* with {len(uploads)} photos."
-        await self._in_new_thread(
-            origin,
-            headline,
-            lambda o: self.service.train(
-                o, form.name, form.class_noun, uploads, consent=form.consent, keep_photos=form.keep_photos
-            ),
-        )
+        await self._train(origin, form, uploads)
+
+    async def _train(
+        self, origin: Origin, form: TrainForm, uploads: list[Upload], confirmed: bool = False
+    ) -> None:
+        """Train in a new thread; when the photo coach asks first, the question goes to the
+        person privately with "Train anyway" / "Cancel" and the photos wait for the answer."""
+
+        async def call(where: Origin) -> Reply:
+            reply = await self.service.train(
+                where,
+                form.name,
+                form.class_noun,
+                uploads,
+                consent=form.consent,
+                keep_photos=form.keep_photos,
+                confirmed=confirmed,
+            )
+            if reply.photo_check is None:
+                return reply
+            return replace(reply, buttons=self._asked.ask(origin, form, uploads))
+
+        headline = f"📸 <@{origin.user_id}> is teaching me *{form.name}* with {len(uploads)} photos."
+        await self._in_new_thread(origin, headline, call)
+
+    async def _on_photo_answer(
+        self, ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any, context: AsyncBoltContext
+    ) -> None:
+        """A press under the photo coach's question (see bot/platforms/slack_photo_check.py)."""
+        await ack()
+        await after_ack(context)
+        answer, asked = self._asked.answer(str(action["action_id"]), body["user"]["id"])
+        if not answer:
+            return  # someone else's press
+        if asked is None or answer == "cancel":
+            text = photo_check.EXPIRED if asked is None else photo_check.CANCELLED
+            await respond(text=text, response_type="ephemeral", replace_original=True)
+            return
+        await respond(delete_original=True)
+        origin = replace(asked.origin, event_id=action_origin(body).event_id)
+        await self._train(origin, asked.form, asked.uploads, confirmed=True)
 
     async def _on_imagine(
         self, ack: Any, command: dict[str, Any], respond: Any, context: AsyncBoltContext
@@ -320,7 +360,7 @@ class SlackAdapter:
         if reply.duplicate or not reply.job_ids:
             await self.client.chat_delete(channel=channel, ts=ts)  # nothing will follow in it
             if not reply.duplicate:
-                await self._say(origin, reply.text, ephemeral=True)
+                await self._say(origin, reply.text, ephemeral=True, buttons=reply.buttons)
             return
         await self._say(replace(origin, channel_id=channel, thread_id=ts), reply.text)
 

@@ -28,8 +28,11 @@ from bot.delivery import OutMessage, Target, job_snapshot
 from bot.service import ConversationService, Origin, Reply, Upload
 from core import stats
 from core.db import session_scope
+from core.errors import UserFacingError
 from core.models import Conversation, ConversationMessage, Image, Job, User
 from core.names import NameRefused, subject_names
+from core.names import class_noun as checked_class_noun
+from core.photo_quality import PhotoReport
 from core.settings import LOOPBACK_HOSTS, Settings
 from core.storage import storage_from_settings
 from core.uploads import CHUNK_BYTES, MAX_TOTAL_BYTES, UploadBudget, UploadTooLarge
@@ -114,9 +117,19 @@ def _reply(reply: Reply) -> JSONResponse:
             "duplicate": reply.duplicate,
             "recorded": reply.recorded,
             "needs_consent": reply.needs_consent,
+            "photo_check": _photo_check(reply.photo_check) if reply.photo_check else None,
             "delete_job_id": reply.delete_job_id,
         }
     )
+
+
+def _photo_check(report: PhotoReport) -> dict[str, Any]:
+    """What the train form shows: a badge per photo (by the order chosen) and the summary."""
+    return {
+        "summary": report.summary,
+        "needs_confirmation": report.needs_confirmation,
+        "photos": [s.model_dump(include={"index", "filename", "verdict", "reason"}) for s in report.photos],
+    }
 
 
 def current_visitor(request: Request) -> str:
@@ -176,15 +189,29 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
         files: Annotated[list[UploadFile] | None, File()] = None,
         consent: Annotated[bool, Form()] = False,
         keep_photos: Annotated[bool, Form()] = False,
+        confirmed: Annotated[bool, Form()] = False,  # the person saw the photo check and trains anyway
     ) -> JSONResponse:
         try:  # before the photos are read back from their temporary files
             subject_names(name, class_noun)
         except NameRefused as exc:
             return _reply(Reply(str(exc)))
         uploads = await read_uploads(files)
-        return _reply(
-            await service.train(_origin(who, event_id), name, class_noun, uploads, consent, keep_photos)
-        )
+        origin = _origin(who, event_id)
+        return _reply(await service.train(origin, name, class_noun, uploads, consent, keep_photos, confirmed))
+
+    @router.post("/api/photos/check", max_body_size=MAX_UPLOAD_REQUEST, form_limits=UPLOAD_FORM_LIMITS)
+    async def photos_check(
+        who: Visitor,
+        class_noun: Annotated[str, Form()] = "",
+        files: Annotated[list[UploadFile] | None, File()] = None,
+    ) -> JSONResponse:
+        """The photo coach's verdicts for the chosen photos, before Train is pressed."""
+        try:  # the class noun first, as /api/train checks it: before any photo is read
+            noun = checked_class_noun(class_noun)
+            report = await service.check_photos(noun, await read_uploads(files))
+        except UserFacingError as exc:
+            return JSONResponse({"error": str(exc)})
+        return JSONResponse(_photo_check(report))
 
     @router.post("/api/imagine")
     async def imagine(

@@ -51,6 +51,7 @@ class SubjectInfo:
     base_model: str
     status: str
     photos: list[tuple[str, str]] = field(default_factory=list)  # (storage key, sha256)
+    crops: list[list[int] | None] = field(default_factory=list)  # the coach's square crop of each
 
 
 def artifact_key(subject_id: int, method: str) -> str:
@@ -78,6 +79,7 @@ def _subject(settings: Settings, subject_id: int) -> SubjectInfo:
             base_model=subject.base_model or settings.base_model,
             status=subject.status,
             photos=[(p.storage_key, p.sha256) for p in photos],
+            crops=[p.crop for p in photos],
         )
 
 
@@ -94,13 +96,15 @@ def _load_photos(storage: Storage, info: SubjectInfo) -> list[Any]:
     if not info.photos:
         raise UserFacingError("This subject has no photos yet; send 3–10 photos first.")
     images = []
-    for key, _sha in info.photos:
+    crops = info.crops or [None] * len(info.photos)
+    for (key, _sha), crop in zip(info.photos, crops, strict=True):
         name = key.rsplit("/", 1)[-1]
         try:
             data = storage.read_bytes(key)
         except NotFound:
             raise UserFacingError(f"photo {name} of this subject is missing from storage") from None
-        images.append(validate_photo(data, name, min_side=MIN_TRAIN_SIDE))
+        image = validate_photo(data, name, min_side=MIN_TRAIN_SIDE)
+        images.append(image.crop(tuple(crop)) if crop else image)  # else `square` takes the centre
     return images
 
 
@@ -173,7 +177,8 @@ def _train(
         class_imgs, generated = result.images, result.generated
 
     config_dict = cfg.model_dump(mode="json")
-    fp = checkpoint.fingerprint(config_dict, info.base_model, [h for _, h in info.photos], len(class_imgs))
+    photo_ids = [f"{h}@{crop}" if crop else h for (_, h), crop in zip(info.photos, info.crops, strict=False)]
+    fp = checkpoint.fingerprint(config_dict, info.base_model, photo_ids, len(class_imgs))
     hooks.progress(phase="caching")
     store = compile_store.store_from_settings(settings) if wants_compile(cfg.compile, device) else None
     compiled_key = resident.compile_key(info.base_model, cfg, shape, bool(class_imgs))

@@ -14,8 +14,9 @@ from agent.loop import CONFUSED, GAVE_UP, AgentReply, handle_message
 from core.db import session_scope
 from core.models import ConversationMessage, Job, LLMUsage
 from core.settings import Settings
-from tests.agent.conftest import World, add_conversation, add_subject, add_user, photo, with_llm
+from tests.agent.conftest import World, add_conversation, add_subject, add_user, with_llm
 from tests.helpers.fake_llm import FakeLLM, Reply, gemma_call
+from tests.helpers.photos import jpeg
 
 
 async def ask(
@@ -308,7 +309,7 @@ async def test_a_redelivered_event_starts_nothing_new(agent_settings, fake_llm, 
 async def test_memory_carries_photos_to_a_later_train_request(agent_settings, fake_llm, world) -> None:
     fake_llm.call("describe_photos", {"class_noun": "dog", "accessories": ["sunglasses"]})
     fake_llm.say("Lovely dog! One photo has sunglasses; want me to train anyway? What's the name?")
-    await ask(agent_settings, world, "here is my dog", photos=[photo() for _ in range(4)], event="web:e1")
+    await ask(agent_settings, world, "here is my dog", photos=[jpeg(i) for i in range(4)], event="web:e1")
     fake_llm.call("train_subject", {"name": "Rex", "class_noun": "dog"})
     fake_llm.say("Training Rex now.")
     reply = await ask(agent_settings, world, "yes, call him Rex", event="web:e2")

@@ -106,6 +106,21 @@ def test_yes_accepts_the_offer_just_made(text: str) -> None:
     assert interpret(text, [], offer=OFFER) == Intent("train", name="Rex", class_noun="dog")
 
 
+PHOTO_QUESTION = (
+    "1 of 4 photos is too dark — 4 photos will be used.\n• 3.jpg: This photo is too dark — a photo in "
+    "better light shows more of your subject.\nTrain anyway?\nSay “train Rex as a dog anyway” to "
+    "train on them as they are, or send other photos."
+)
+
+
+@pytest.mark.parametrize("text", ["yes", "train anyway", "Train anyway!", "ok, train Rex as a dog anyway"])
+def test_yes_to_the_photo_checks_question_trains_anyway(text: str) -> None:
+    assert interpret(text, [], offer=PHOTO_QUESTION) == Intent(
+        "train", name="Rex", class_noun="dog", anyway=True
+    )
+    assert not interpret("yes", [], offer=OFFER).anyway  # an ordinary offer: the check still runs
+
+
 def test_yes_without_an_offer_is_not_a_training() -> None:
     assert interpret("yes", BOTH, offer="Your subjects: Rex (dog).").kind != "train"
 

@@ -19,6 +19,7 @@ from tests.agent.conftest import World, add_conversation, add_subject, add_user,
 from tests.agent.test_agent import ask
 from tests.agent.test_tools import finished_image
 from tests.helpers.fake_llm import FakeLLM
+from tests.helpers.photos import face_jpeg, jpeg
 
 
 @pytest.fixture
@@ -118,7 +119,7 @@ async def test_a_second_subject_named_and_someone_elses_never_used(plain: Settin
 async def test_photos_with_this_is_rex_a_dog_offer_training_and_yes_starts_it(
     plain: Settings, people: World
 ) -> None:
-    reply = await say(plain, people, "this is Rex, a dog", photos=[photo() for _ in range(4)])
+    reply = await say(plain, people, "this is Rex, a dog", photos=[jpeg(i) for i in range(4)])
     assert "Got 4 photos of Rex (a dog)" in reply.text and "train Rex as a dog" in reply.text
     assert jobs_of(plain) == []
 
@@ -132,11 +133,28 @@ async def test_photos_with_this_is_rex_a_dog_offer_training_and_yes_starts_it(
 
 
 async def test_a_person_needs_consent_in_basic_mode_too(plain: Settings, people: World) -> None:
-    await say(plain, people, "this is Ann, a woman", photos=[photo() for _ in range(3)])
+    await say(plain, people, "this is Ann, a woman", photos=[face_jpeg(i) for i in range(3)])
     refused = await say(plain, people, "yes")
     assert jobs_of(plain) == [] and "right" in refused.text.lower()
     started = await say(plain, people, "train Ann as a woman, I have consent")
     assert [j.kind for j in jobs_of(plain)] == ["train"] and "has started" in started.text
+
+
+async def test_the_photo_check_asks_in_basic_mode_and_train_anyway_trains(
+    plain: Settings, people: World
+) -> None:
+    """Two copies and a dark photo: "yes" gets the photo check's question, not a job;
+    "train anyway" then trains on the kept photos (the copy is left out)."""
+    photos = [jpeg(0), jpeg(1), jpeg(2), jpeg(0), photo(color=(3, 3, 3))]
+    await say(plain, people, "this is Rex, a dog", photos=photos)
+    asked = await say(plain, people, "yes")
+    assert jobs_of(plain) == [] and "1 is a copy of another" in asked.text and "Train anyway?" in asked.text
+    started = await say(plain, people, "train anyway")
+    [job] = jobs_of(plain)
+    assert job.kind == "train" and "has started" in started.text
+    with session_scope(plain) as s:
+        subject = s.scalars(select(Subject)).one()
+        assert len(subject.photos) == 4  # the copy is not trained on
 
 
 @pytest.fixture

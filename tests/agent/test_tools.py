@@ -11,6 +11,7 @@ from core.models import Image, Job, Photo, Subject, User
 from core.settings import Settings
 from core.subjects import pick_token
 from tests.agent.conftest import World, add_subject, photo
+from tests.helpers.photos import face_jpeg, jpeg
 
 
 def ctx_for(settings: Settings, world: World, event: str | None = "web:e1") -> ToolContext:
@@ -120,7 +121,7 @@ def test_train_subject_uses_the_latest_photos_and_a_fresh_token(
     add_subject(agent_settings, world.user_id, "Old", "zwx", "dog")
     ctx = ctx_for(agent_settings, world)
     assert "at least 3 photos" in run(ctx, "train_subject", name="Rex", class_noun="dog").output["error"]
-    _send_photos(agent_settings, world, [photo() for _ in range(3)])
+    _send_photos(agent_settings, world, [jpeg(i) for i in range(3)])  # three different photos
     assert (
         "already have a subject called"
         in run(ctx, "train_subject", name="old", class_noun="dog").output["error"]
@@ -145,7 +146,7 @@ def test_train_subject_rejects_tiny_photos_and_leaves_nothing(agent_settings: Se
 
 
 def test_describe_photos_warns_before_training(agent_settings: Settings, world: World) -> None:
-    _send_photos(agent_settings, world, [photo() for _ in range(2)])
+    _send_photos(agent_settings, world, [face_jpeg(0), face_jpeg(1)])  # the photo coach is content
     out = run(
         ctx_for(agent_settings, world),
         "describe_photos",
@@ -165,3 +166,28 @@ def test_pick_token_is_unique_per_person() -> None:
     from core.subjects import RARE_TOKENS
 
     assert pick_token(set(RARE_TOKENS)) == "zwx2"
+
+
+def test_describe_photos_gives_the_photo_coachs_numbers_and_train_subject_asks_first(
+    agent_settings: Settings, world: World
+) -> None:
+    dark = photo(color=(2, 2, 2))
+    _send_photos(agent_settings, world, [jpeg(1), jpeg(2), jpeg(1), jpeg(3), dark])
+    out = run(ctx_for(agent_settings, world), "describe_photos", class_noun="dog").output
+    check = out["photo_check"]
+    assert check["summary"] == (
+        "1 of 5 photos is blurry; 1 is too dark; 1 is a copy of another — 4 photos will be used."
+    )
+    assert [p["verdict"] for p in check["photos"]] == ["ok", "ok", "drop", "ok", "warn"]
+    assert check["photos"][4]["dark_share"] > 0.9 and check["photos"][0]["sharpness"] > 0
+    assert "Photo 3: This photo is a copy of photo 1 — only one of them is trained on." in out["warnings"]
+
+    asked = run(ctx_for(agent_settings, world), "train_subject", name="Rex", class_noun="dog").output
+    assert asked["error"].endswith("Train anyway?")
+    with session_scope(agent_settings) as session:
+        assert list(session.scalars(select(Subject).where(Subject.name == "Rex"))) == []
+    args = {"name": "Rex", "class_noun": "dog", "photos_confirmed": True}
+    started = run(ctx_for(agent_settings, world, event="e-yes"), "train_subject", **args).output
+    with session_scope(agent_settings) as session:
+        kept = list(session.scalars(select(Photo).where(Photo.subject_id == started["subject_id"])))
+    assert len(kept) == 4  # the copy is not trained on

@@ -34,8 +34,9 @@ def test_train_then_generate_from_the_terminal(sqlite_settings: Settings, tiny_m
         path.write_bytes(photo_bytes(i))
         photos.append(str(path))
 
+    # --yes: the photo check finds these small photos too small, and would ask.
     trained = dreambot(env, tmp_path, "train", *photos, "--name", "rex", "--class", "dog", "--set", "lora_rank=4",
-                       "--out", str(tmp_path / "validation"))  # fmt: skip
+                       "--out", str(tmp_path / "validation"), "--yes")  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     lines = trained.stdout.strip().splitlines()
     assert lines[0].startswith("rex (") and "is ready: subjects/" in lines[0]

@@ -45,6 +45,8 @@ async def test_bad_class_nouns_get_a_sentence_not_an_error(db_settings: Settings
     files = [("files", (f"p{i}.jpg", jpeg(i), "image/jpeg")) for i in range(3)]
     reply = browser.post("/api/train", data={"name": "Rex", "class_noun": noun}, files=files)
     assert reply.status_code == 200 and reply.json()["text"] == CLASS_RULE
+    check = browser.post("/api/photos/check", data={"class_noun": noun}, files=files)  # the photo coach
+    assert check.status_code == 200 and check.json() == {"error": CLASS_RULE}
 
     chat = await ConversationService(db_settings).train(speaker("U1", "e1"), "Rex", noun, photos(3))
     assert chat.text == CLASS_RULE and chat.job_ids == []

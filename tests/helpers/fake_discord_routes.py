@@ -60,8 +60,10 @@ def add_routes(app: web.Application, fake: FakeDiscord) -> None:
                 out += [a for a in existing if a["id"] == str(ref)]
         return out
 
-    def update(msg: dict[str, Any], request: web.Request) -> dict[str, Any]:
-        body = payload(request)
+    def update(
+        msg: dict[str, Any], request: web.Request, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        body = payload(request) if body is None else body
         if "content" in body:
             msg["content"] = body["content"] or ""
         if "components" in body:
@@ -170,8 +172,8 @@ def add_routes(app: web.Application, fake: FakeDiscord) -> None:
             inter["original"] = msg["id"]
         elif kind == 9:  # a form: the person fills it in later (FakeDiscord.submit_form)
             inter["modal"] = data
-        elif kind == 7 and inter["original"]:
-            msg = update(fake.messages[inter["original"]], request)
+        elif kind == 7 and inter["original"]:  # UPDATE_MESSAGE: the new message is in `data`
+            msg = update(fake.messages[inter["original"]], request, data)
         if request.query.get("with_response") in ("1", "true", "True"):
             resource: dict[str, Any] = {"type": kind}
             if msg is not None:

@@ -5,19 +5,44 @@ from __future__ import annotations
 import io
 import random
 
+import numpy as np
 from PIL import Image
 
 
-def jpeg(seed: int = 0, size: int = 320) -> bytes:
-    """A valid photo-sized JPEG with some structure (not a flat colour)."""
+def jpeg(seed: int = 0, size: int = 512) -> bytes:
+    """A valid photo-sized JPEG with some structure (not a flat colour): sharp, well lit,
+    with film grain, and big enough that the photo coach has nothing to say about it."""
     rng = random.Random(seed)
-    image = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
-    for _ in range(12):
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(40, 216) for _ in range(3)))
+    for _ in range(12 * size * size // (320 * 320)):  # as busy as at 320 pixels
         x, y = rng.randrange(size), rng.randrange(size)
         image.paste(tuple(rng.randrange(256) for _ in range(3)), (x, y, min(size, x + 60), min(size, y + 60)))
+    grain = np.random.default_rng(seed).integers(-16, 17, (size, size, 1), dtype=np.int16)
+    image = Image.fromarray(np.clip(np.asarray(image, dtype=np.int16) + grain, 0, 255).astype(np.uint8))
     out = io.BytesIO()
     image.save(out, "JPEG", quality=90)
     return out.getvalue()
+
+
+def face_jpeg(seed: int = 0, size: int = 512) -> bytes:
+    """A photo of one person (scikit-image's astronaut), framed differently for each seed
+    (0–5 are all different to the photo coach): one face, no copies."""
+    k = seed % 6
+    left, top = (0, 0, 72, 36, 18, 60)[k], (0, 48, 0, 30, 60, 12)[k]
+    side = 512 - max(left, top) - 16 * (seed % 3)
+    image = _astronaut().crop((left, top, left + side, top + side))
+    image = image.resize((size, size), Image.Resampling.LANCZOS)
+    if seed % 2:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def _astronaut() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
 
 
 def png(seed: int = 0, size: int = 64) -> bytes:

@@ -168,8 +168,14 @@ def add_slack_user_with_subject(settings: Settings, user_id: str, name: str = "R
 def photo(
     width: int = 640, height: int = 512, fmt: str = "JPEG", color: tuple[int, int, int] = (200, 120, 40)
 ) -> bytes:
+    """A photo of one colour with a dotted texture: sharp enough for the photo coach
+    (a flat colour would be "blurry"); different colours are different photos."""
+    image = PILImage.new("RGB", (width, height), color)
+    for x in range(0, width, 16):
+        for y in range(0, height, 16):
+            image.putpixel((x, y), ((x * 7) % 256, (y * 5) % 256, (x + y) % 256))
     buf = io.BytesIO()
-    PILImage.new("RGB", (width, height), color).save(buf, fmt)
+    image.save(buf, fmt)
     return buf.getvalue()
 
 

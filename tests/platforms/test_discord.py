@@ -127,11 +127,20 @@ async def test_chat_in_thread_posts_images_with_buttons_and_reroll_queues_again(
     )
 
     image_ids = finish_sample(settings, sample[0].id, 2)
-    posted = await wait_until(
-        lambda: [m for m in bot_messages(fake, thread_id) if m["attachments"]], what="the images"
+    posted = await wait_until(  # (the training card may still show its photo strip: a .jpg)
+        lambda: [
+            m
+            for m in bot_messages(fake, thread_id)
+            if any(a["filename"].endswith(".png") for a in m["attachments"])
+        ],
+        what="the images",
     )
     assert len(posted) == 1 and len(posted[0]["attachments"]) == 2
-    upload = next(r for r in fake.rest("POST", f"^/channels/{thread_id}/messages$") if r.files)
+    upload = next(
+        r
+        for r in fake.rest("POST", f"^/channels/{thread_id}/messages$")
+        if r.files and r.files[0].filename.endswith(".png")  # not the training card's strip
+    )
     assert [f.filename for f in upload.files] == [
         f"dreambot-{sample[0].id}-1.png",
         f"dreambot-{sample[0].id}-2.png",

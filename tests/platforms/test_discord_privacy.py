@@ -25,13 +25,13 @@ from tests.helpers.discord_bot import (
     discord_settings,
     finish_sample,
     finish_training,
-    jpeg,
     running_bot,
     train_rex,
     wait_until,
 )
 from tests.helpers.fake_discord import FakeDiscord
 from tests.helpers.fake_llm import FakeLLM
+from tests.helpers.photos import face_jpeg
 
 EPHEMERAL = 64
 
@@ -86,7 +86,7 @@ async def answer_of(fake: FakeDiscord, interaction: dict[str, Any]) -> dict[str,
 
 def person_photos(fake: FakeDiscord, n: int = 4) -> dict[str, Any]:
     return {
-        f"photo{i + 1}": fake.upload(f"ann{i}.jpg", jpeg(color=(30 * i, 60, 90)), "image/jpeg")
+        f"photo{i + 1}": fake.upload(f"ann{i}.jpg", face_jpeg(i), "image/jpeg")  # one face each
         for i in range(n)
     }
 

@@ -1,5 +1,5 @@
 """The playground in headless Chromium: uploads over a limit and a class noun outside the
-rules end in a sentence on the page, and nothing is queued."""
+rules end in a sentence on the page (the photo check's too), and nothing is queued."""
 
 from __future__ import annotations
 
@@ -40,10 +40,13 @@ def test_refusals_show_on_the_page(sqlite_settings: Settings, tmp_path: Path) ->
             page.get_by_label("Name").fill("Rex")
             page.get_by_label("What is it?").fill("dog")
             page.set_input_files("#train-files", [str(p) for p in big])
+            # The photo check says so too, in place of its summary (nothing was sent).
+            page.locator("#train-check", has_text="please send at most 100 MB at once").wait_for()
             page.get_by_role("button", name="Train", exact=True).click()
             page.locator(".msg.error", has_text="please send at most 100 MB at once").wait_for()
 
             page.set_input_files("#train-files", [str(p) for p in [*small[:2], huge]])
+            page.locator("#train-check", has_text="“huge.jpg” is 63 MB").wait_for()  # refused by the server
             page.get_by_role("button", name="Train", exact=True).click()
             page.locator(
                 ".msg.error", has_text="“huge.jpg” is 63 MB; please send photos under 40 MB."

@@ -14,16 +14,21 @@ from agent.memory import save_message, save_photos
 from agent.toolcalls import ToolCall
 from agent.tools import TOOLS, ToolContext, run_tool
 from bot.cli import app
-from bot.service import ConversationService
+from bot.service import ConversationService, Upload
 from bot.web.app import create_app
 from core.db import session_scope
 from core.models import Conversation, Job, Subject, User
 from core.settings import Settings
 from core.storage import storage_from_settings
 from core.subjects import CONSENT_TEXT, kind_of
-from tests.helpers.photos import jpeg
+from tests.helpers.photos import face_jpeg, jpeg
 from tests.helpers.profile import settings_env
 from tests.privacy.conftest import photos, speaker
+
+
+def faces(n: int) -> list[Upload]:
+    """Photos of one person each (the photo coach finds one face in every one)."""
+    return [Upload(f"p{i}.jpg", face_jpeg(i)) for i in range(n)]
 
 
 def count(settings: Settings, model: type) -> int:
@@ -70,7 +75,8 @@ async def test_a_phrase_naming_a_person_asks_for_consent_everywhere(
 
 
 def web_person_with_photos(settings: Settings, who: str) -> tuple[int, int]:
-    """A playground person whose conversation holds a message with three photos: (user, conversation)."""
+    """A playground person whose conversation holds a message with three photos of one face
+    each (nothing for the photo coach to ask about): (user, conversation)."""
     with session_scope(settings) as s:
         user = User(platform="web", platform_user_id=who, display_name=who)
         s.add(user)
@@ -80,13 +86,13 @@ def web_person_with_photos(settings: Settings, who: str) -> tuple[int, int]:
         s.flush()
         user_id, conv_id = user.id, conv.id
     msg = save_message(settings, conversation_id=conv_id, user_id=user_id, role="user", content="me")
-    save_photos(storage_from_settings(settings), conv_id, msg, [jpeg(i) for i in range(3)])
+    save_photos(storage_from_settings(settings), conv_id, msg, [face_jpeg(i) for i in range(3)])
     return user_id, conv_id
 
 
 async def test_a_person_needs_consent_and_it_is_recorded(db_settings: Settings) -> None:
     service = ConversationService(db_settings)
-    refused = await service.train(speaker("U1", "e1"), "Ada", "woman", photos(3))
+    refused = await service.train(speaker("U1", "e1"), "Ada", "woman", faces(3))
     assert refused.needs_consent and refused.job_ids == [] and "confirm" in refused.text
     assert count(db_settings, Subject) == 0 and count(db_settings, Job) == 0
     assert list((db_settings.data_dir / "storage").glob("subjects/**/*")) == []
@@ -94,7 +100,7 @@ async def test_a_person_needs_consent_and_it_is_recorded(db_settings: Settings) 
     pet = await service.train(speaker("U1", "e2"), "Rex", "dog", photos(3, 5))  # not a person
     assert pet.job_ids and not pet.needs_consent
 
-    given = await service.train(speaker("U1", "e3"), "Ada", "woman", photos(3), consent=True)
+    given = await service.train(speaker("U1", "e3"), "Ada", "woman", faces(3), consent=True)
     assert len(given.job_ids) == 1 and not given.needs_consent
     with session_scope(db_settings) as s:
         ada = s.scalars(select(Subject).where(Subject.name == "Ada")).one()
@@ -130,7 +136,7 @@ def test_the_playground_form_has_the_checkbox(sqlite_settings: Settings) -> None
     browser = TestClient(create_app(sqlite_settings))
     page = browser.get("/")
     assert 'name="consent"' in page.text and 'name="keep_photos"' in page.text
-    files = [("files", (f"a{i}.jpg", jpeg(i), "image/jpeg")) for i in range(3)]
+    files = [("files", (f"a{i}.jpg", face_jpeg(i), "image/jpeg")) for i in range(3)]
     refused = browser.post("/api/train", data={"name": "Ada", "class_noun": "woman"}, files=files).json()
     assert refused["job_ids"] == [] and "confirm" in refused["text"]
     data = {"name": "Ada", "class_noun": "woman", "consent": "true", "keep_photos": "true"}

@@ -90,7 +90,12 @@ async def person_uses_everything(
     service = ConversationService(settings)
     thread = f"T-{n}"
     trained = await service.train(
-        speaker(user, f"e{n}1", thread=thread, name=name), subject, cls, photos(3, n), consent=True
+        speaker(user, f"e{n}1", thread=thread, name=name),
+        subject,
+        cls,
+        photos(3, n),
+        consent=True,
+        confirmed=True,
     )
     assert trained.job_ids, trained.text
     subject_id = finish_training(settings, trained.job_ids[0])

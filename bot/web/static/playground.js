@@ -126,10 +126,11 @@ function uploadBytes(data) {
   return total;
 }
 
-// POST a form; the JSON reply, or null after telling the person what went wrong.
-async function send(url, data) {
+// POST a form; the JSON reply, or null after telling the person what went wrong (`tell`:
+// where to say it; the timeline by default).
+async function send(url, data, tell = (text) => note(text, {role: "error"})) {
   if (uploadBytes(data) > MAX_UPLOAD_MB * 1024 * 1024) {  // the server would refuse it unread
-    note(TOO_LARGE, {role: "error"});
+    tell(TOO_LARGE);
     return null;
   }
   data.append("event_id", crypto.randomUUID());
@@ -137,15 +138,14 @@ async function send(url, data) {
   try {
     res = await fetch(url, {method: "POST", body: data});
   } catch (err) {
-    note("Could not reach dreambot; is it still running?", {role: "error"});
+    tell("Could not reach dreambot; is it still running?");
     return null;
   }
   const reply = await res.json().catch(() => ({}));
   if (!res.ok) {
     // A body over the server's limit is cut off before any of our code runs: say it here.
     const fallback = res.status === 413 ? TOO_LARGE : "Something went wrong; please try again.";
-    const detail = typeof reply.detail === "string" ? reply.detail : fallback;
-    note(detail, {role: "error"});
+    tell(typeof reply.detail === "string" ? reply.detail : fallback);
     return null;
   }
   return reply;
@@ -194,10 +194,59 @@ $("chat").addEventListener("submit", async (ev) => {
   draw();
 });
 
+// The photo coach: each chosen photo gets a badge (ok / warn / drop) from /api/photos/check
+// before Train is pressed; with warnings the button reads "Train anyway" and says so.
+const BADGES = {ok: "✓", warn: "!", drop: "✕"};
+let photoCheck = null;  // the last check of the chosen photos (null: none yet, or outdated)
+let checking = 0;
+
+function showCheck(check) {
+  photoCheck = check;
+  const figures = [...$("train-thumbs").children];
+  figures.forEach((fig) => fig.querySelector(".badge")?.remove());
+  for (const photo of check ? check.photos : []) {
+    const fig = figures[photo.index];
+    if (!fig) continue;
+    fig.dataset.verdict = photo.verdict;
+    fig.title = photo.reason;
+    fig.append(el("span", {class: `badge ${photo.verdict}`, "aria-label": photo.reason}, BADGES[photo.verdict]));
+  }
+  $("train-check").textContent = check ? check.summary : "";
+  $("train-check").className = check && check.needs_confirmation ? "check-summary warn" : "check-summary";
+  $("train-submit").textContent = check && check.needs_confirmation ? "Train anyway" : "Train";
+}
+
+let checkedClass = null;  // the class noun the shown check was made for (faces: people only)
+
+async function checkPhotos() {
+  const files = $("train-files").files;
+  if (!files.length) return showCheck(null);
+  const mine = ++checking;
+  const data = new FormData();
+  checkedClass = $("train-class").value;
+  data.append("class_noun", checkedClass);
+  for (const f of files) data.append("files", f);
+  // Within the same limits as Train: a refusal (too large, not a photo) shows in place of the summary.
+  const say = (text) => { if (mine === checking) $("train-check").textContent = text; };
+  const reply = await send("/api/photos/check", data, say);
+  if (mine !== checking || !reply) return;  // the photos changed meanwhile, or it was refused
+  if (reply.error) say(reply.error);
+  else showCheck(reply);
+}
+
 $("train-files").addEventListener("change", (ev) => {
   const thumbs = $("train-thumbs");
   thumbs.querySelectorAll("img").forEach((img) => URL.revokeObjectURL(img.src));
-  thumbs.replaceChildren(...[...ev.target.files].map((f) => el("img", {src: URL.createObjectURL(f), alt: f.name})));
+  showCheck(null);
+  thumbs.replaceChildren(...[...ev.target.files].map((f) => {
+    const fig = el("figure", {class: "thumb"});
+    fig.append(el("img", {src: URL.createObjectURL(f), alt: f.name}));
+    return fig;
+  }));
+  checkPhotos();
+});
+$("train-class").addEventListener("change", () => {
+  if ($("train-files").files.length && $("train-class").value !== checkedClass) checkPhotos();
 });
 
 $("train").addEventListener("submit", async (ev) => {
@@ -205,17 +254,20 @@ $("train").addEventListener("submit", async (ev) => {
   const form = ev.target, button = form.querySelector("button[type=submit]");
   button.disabled = true;
   button.textContent = "Uploading…";
-  const reply = await send("/api/train", new FormData(form));
+  const data = new FormData(form);
+  if (photoCheck && photoCheck.needs_confirmation) data.append("confirmed", "true");  // seen: train anyway
+  const reply = await send("/api/train", data);
   button.disabled = false;
-  button.textContent = "Train";
+  showCheck(reply && reply.photo_check ? reply.photo_check : photoCheck);  // the server asked: show why
   const consent = $("train-consent").closest("label");
   consent.classList.toggle("attention", Boolean(reply && reply.needs_consent));
   if (reply && reply.job_ids.length) {  // started: clear the form for the next subject
     form.reset();
     $("train-thumbs").replaceChildren();
+    showCheck(null);
     $("train-box").open = false;
   }
-  answer(reply);
+  if (!(reply && reply.photo_check)) answer(reply);  // the question is shown by the badges
 });
 
 const events = new EventSource("/api/events");
