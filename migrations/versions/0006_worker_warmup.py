@@ -1,11 +1,8 @@
 """worker warm-up state
 
-Revision ID: 0007
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-04 18:00:00.000000
-
-Numbered 0007 as agreed with the lead (0006 is another change landing in parallel): when
-both are merged, this revision's down_revision becomes "0006".
 """
 
 from collections.abc import Sequence
@@ -13,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007"
+revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
