@@ -71,6 +71,18 @@ def one_job(clock: JobClock, known: set[int]) -> tuple[int, float] | None:
     return (new[0], clock.committed[new[0]]) if new else None
 
 
+def job_or_refusal(
+    clock: JobClock, known: set[int], answer: Callable[[], str | None]
+) -> tuple[int, float] | None:
+    """The new job, or an error at once when the bot answered without creating one (the
+    photo coach asking, a refusal): the job row is committed before the answer is sent."""
+    if job := one_job(clock, known):
+        return job
+    if (text := answer()) is not None:
+        raise RuntimeError(f"no job was created; the bot answered: {text!r}")
+    return None
+
+
 @contextlib.asynccontextmanager
 async def delivering(settings: Settings, platform_name: str, poster: Any) -> AsyncIterator[None]:
     """Delivery at its default interval, as `dreambot up` runs it next to the adapters."""
@@ -93,7 +105,12 @@ async def discord_run(
     options = {f"photo{k + 1}": a for k, a in enumerate(attachments)}
     inter = fake.slash("train", {"name": "Rex", "class": "dog", **options}, fake.new_user(f"u{i}"))
     token = inter["token"]
-    job_id, t_job = await wait_for(lambda: one_job(clock, known), "the job row")
+
+    def answer() -> str | None:  # the placeholder edited, or a private follow-up sent
+        sent = [r for r in fake.rest(None, f"/{token}(/messages|$)") if r.method in ("PATCH", "POST")]
+        return str((sent[-1].json or {}).get("content")) if sent else None
+
+    job_id, t_job = await wait_for(lambda: job_or_refusal(clock, known, answer), "the job row")
     await wait_for(lambda: fake.rest("PATCH", f"/{token}/messages/@original"), "the answer")
     sent = next(d for d in fake.dispatched("INTERACTION_CREATE") if d.data["id"] == inter["id"])
     calls = [r for r in fake.rest() if r.seq > sent.seq]
@@ -244,7 +261,7 @@ def machine() -> dict[str, Any]:
 
 async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     width, height = (int(v) for v in args.photo_px.split("x"))
-    photos = [photo(k, width, height, noise) for k, noise in enumerate((8, 10, 12, 14, 16))]
+    photos = [photo(k, width, height, noise) for k, noise in enumerate((12, 13, 14, 15, 16))]
     settings = load_settings(
         _env_file=None,
         data_dir=data_dir,

@@ -185,7 +185,8 @@ class BenchSlack(FakeSlack):
 
 
 def photo(seed: int, width: int, height: int, noise: float) -> bytes:
-    """A photo-like JPEG: a colour gradient with sensor-like noise (noise sets the file size)."""
+    """A photo-like JPEG: a colour gradient with a few sharp-edged shapes (so the photo coach
+    finds detail at any size, as in a real photo) and sensor-like noise (which sets the size)."""
     rng = np.random.default_rng(seed)
     tile = rng.normal(0, noise, (256, 256, 3)).astype(np.float32)
     grain = np.tile(tile, (height // 256 + 1, width // 256 + 1, 1))[:height, :width]
@@ -193,6 +194,11 @@ def photo(seed: int, width: int, height: int, noise: float) -> bytes:
     x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
     c = rng.uniform(20, 200, 3).astype(np.float32)
     base = np.stack([c[0] + x * 50 + y * 0, c[1] + y * 50 + x * 0, c[2] + (x + y) * 25], axis=2)
+    for _ in range(80):
+        cy, cx = rng.uniform(0, 1, 2)
+        r = rng.uniform(0.01, 0.08)
+        inside = (x - cx) ** 2 + ((y - cy) * height / width) ** 2 < r**2
+        base = np.where(inside[..., None], rng.uniform(0, 255, 3).astype(np.float32), base)
     buf = io.BytesIO()
     Image.fromarray(np.clip(base + grain, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=85)
     return buf.getvalue()
