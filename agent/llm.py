@@ -15,12 +15,11 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-import httpx
 import openai
 
 from agent.toolcalls import ToolCall
@@ -72,7 +71,7 @@ class Completion:
     model: str = ""
 
 
-def retry_delay(headers: httpx.Headers | None, attempt: int, cap: float) -> float:
+def retry_delay(headers: Mapping[str, str] | None, attempt: int, cap: float) -> float:
     """Seconds to wait before retry `attempt` (1-based): Retry-After if given, else backoff."""
     if headers is not None:
         ms = headers.get("retry-after-ms")
@@ -146,7 +145,7 @@ class LLMClient:
         """One model call with retries. `on_delta` (if given) streams the text as it grows."""
         attempts = self.settings.llm_max_retries + 1
         for attempt in range(1, attempts + 1):
-            headers: httpx.Headers | None = None
+            headers: Mapping[str, str] | None = None  # the response's (openai's own httpx)
             try:
                 if on_delta is None:
                     return await self._once(messages, tools, max_tokens)

@@ -255,10 +255,11 @@ def generate_images(ctx: ToolContext, args: GenerateImagesArgs) -> dict[str, Any
         subjects = _own_subjects(session, ctx, args.subject_ids)
         refs = [SubjectRef(s.token, s.class_noun, s.name) for s in subjects]
     width, height = ASPECTS[args.aspect]
+    subject_ids = [s.id for s in subjects]
     params = {
         "prompt": scene_prompt(args.prompt, refs),
         "negative_prompt": args.negative_prompt,
-        "subject_ids": [s.id for s in subjects],
+        "subject_ids": subject_ids,
         "n": args.n,
         "guidance_scale": args.guidance_scale,
         "steps": args.steps,
@@ -266,7 +267,7 @@ def generate_images(ctx: ToolContext, args: GenerateImagesArgs) -> dict[str, Any
         "width": width,
         "height": height,
     }
-    return submit_sample(ctx, {k: v for k, v in params.items() if v is not None}, params["subject_ids"])
+    return submit_sample(ctx, {k: v for k, v in params.items() if v is not None}, subject_ids)
 
 
 def vary_image(ctx: ToolContext, args: VaryImageArgs) -> dict[str, Any]:
@@ -275,16 +276,17 @@ def vary_image(ctx: ToolContext, args: VaryImageArgs) -> dict[str, Any]:
         subjects = list(job.subjects)
         refs = [SubjectRef(s.token, s.class_noun, s.name) for s in subjects]
         prompt = scene_prompt(args.prompt, refs) if args.prompt else image.prompt
-    params = {
+    subject_ids = [s.id for s in subjects]
+    params: dict[str, Any] = {
         "prompt": prompt,
-        "subject_ids": [s.id for s in subjects],
+        "subject_ids": subject_ids,
         "n": args.n,
         "variation_of": args.image_id,
         "strength": args.strength,
     }
     if args.seed is not None:
         params["seed"] = args.seed
-    return submit_sample(ctx, params, params["subject_ids"])
+    return submit_sample(ctx, params, subject_ids)
 
 
 def upscale_image(ctx: ToolContext, args: ImageArgs) -> dict[str, Any]:

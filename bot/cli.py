@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 
+from bot.cli_common import current_settings, fail, settings_or_exit
 from bot.cli_local import generate, train
 from bot.dashboard.cli import admin_app, dashboard
-from core.errors import DreambotError, SchemaOutdated
-from core.settings import Settings, SettingsError, load_settings
+from core.errors import DreambotError
+from core.settings import Settings
 from gpu_worker.model_cache_cli import model_app
 
 app = typer.Typer(help="dreambot: personalised Stable Diffusion in Discord and Slack.", no_args_is_help=True)
@@ -24,41 +25,16 @@ app.command()(generate)
 app.command()(train)
 
 
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        typer.secho(f"dreambot: bad setting: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from None
-
-
-def _current_settings() -> Settings:
-    """Settings for a command that needs the database at the code's schema (else exit 1)."""
-    from core import migrate
-
-    settings = _settings()
-    try:
-        migrate.check_schema(settings)
-    except SchemaOutdated as exc:
-        raise _fail(str(exc)) from None
-    return settings
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(f"dreambot: {message}", fg="red", err=True)
-    return typer.Exit(code)
-
-
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Bring the database schema up to date (safe to run from several hosts at once)."""
     from core import migrate
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         current = migrate.upgrade(settings, revision)
     except Exception as exc:
-        raise _fail(f"migration failed: {exc}") from None
+        raise fail(f"migration failed: {exc}") from None
     typer.echo(f"database schema at revision {current}")
 
 
@@ -67,7 +43,7 @@ def db_downgrade(revision: str) -> None:
     """Move the schema back to REVISION ('base' removes every table)."""
     from core import migrate
 
-    migrate.downgrade(_settings(), revision)
+    migrate.downgrade(settings_or_exit(), revision)
     typer.echo(f"database schema at revision {revision}")
 
 
@@ -85,14 +61,14 @@ def worker(
     ] = False,
 ) -> None:
     """Run a GPU worker for the given queues (or, with --gpus, one per GPU and queue)."""
-    settings = _current_settings()
+    settings = current_settings()
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = [q for q in wanted if q not in ("train", "sample")]
     if unknown or not wanted:
-        raise _fail(f"--queues takes train and/or sample, not {','.join(unknown) or 'nothing'}", 2)
+        raise fail(f"--queues takes train and/or sample, not {','.join(unknown) or 'nothing'}", 2)
     if gpus is not None or cpu:
         if name is not None:
-            raise _fail("--name names one worker; with --gpus/--cpu names are QUEUE-gpuN@host", 2)
+            raise fail("--name names one worker; with --gpus/--cpu names are QUEUE-gpuN@host", 2)
         _launch_workers(settings, gpus, cpu, wanted)
         return
     from gpu_worker.app import app as celery_app
@@ -129,10 +105,10 @@ def _launch_workers(settings: Settings, gpus: str | None, cpu: bool, queues: lis
     try:
         chosen = select_gpus(gpus, discover_gpus()) if gpus is not None else []
     except LaunchError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), 2) from None
     if gpus is not None and not chosen:
         if not cpu:
-            raise _fail(
+            raise fail(
                 "no GPU found on this host (nvidia-smi and torch see none). "
                 "Add --cpu to run the workers on the CPU only (slow: minutes per image).",
                 2,
@@ -146,7 +122,7 @@ def _launch_workers(settings: Settings, gpus: str | None, cpu: bool, queues: lis
     try:
         supervisor.run(stop, specs)
     except LaunchError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -160,14 +136,14 @@ def up(
     from bot.server import serve
     from bot.up_console import announce, setup_up_logging
 
-    settings = _settings()
+    settings = settings_or_exit()
     folder = setup_up_logging(settings, verbose)
     if folder is not None:
         announce(f"dreambot: logs in {folder}/ (dreambot up -v prints them here)")
     try:
         serve(settings, with_workers=workers, verbose=verbose)
     except DreambotError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -177,7 +153,7 @@ def retention(
     """Delete what the retention settings no longer keep (the bot also does this hourly)."""
     from core.retention import clean_up
 
-    report = clean_up(_settings(), dry_run=dry_run)
+    report = clean_up(settings_or_exit(), dry_run=dry_run)
     typer.echo(str(report))
 
 
@@ -188,7 +164,7 @@ def doctor(
     """Check the database, broker, storage, LLM endpoint, workers and GPU."""
     from bot.doctor import run_checks
 
-    checks = run_checks(_settings(), selftest_timeout)
+    checks = run_checks(settings_or_exit(), selftest_timeout)
     for check in checks:
         mark = (
             typer.style("ok  ", fg="green")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from bot.cli_common import fail, settings_or_exit
 from core.errors import UserFacingError
 from core.settings import Settings
 
@@ -26,12 +27,11 @@ def generate(
     out: Annotated[Path, typer.Option(help="folder for the PNG files")] = Path("."),
 ) -> None:
     """Generate images locally with the same code path as chat; prints the files written."""
-    from bot.cli import _fail, _settings
     from bot.local_jobs import cli_user, export_images, run_or_follow, subject_ids_by_name
     from core import jobs
     from core.sample_request import parse_sample_request
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         user_id = cli_user(settings)
         ids = subject_ids_by_name(settings, user_id, subject or [])
@@ -53,12 +53,12 @@ def generate(
             params=request.model_dump(mode="json", exclude_none=True),
         )
     except UserFacingError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     from gpu_worker.sampling import run as sampling
 
     final = run_or_follow(settings, job.id, sampling)
     if final.status != "succeeded":
-        raise _fail(f"job #{job.id} {final.status}: {final.error or ''}")
+        raise fail(f"job #{job.id} {final.status}: {final.error or ''}")
     for path in export_images(settings, job.id, out):
         typer.echo(path)
 
@@ -101,14 +101,13 @@ def train(
 
     The photo check comes first: when it has something to say it prints a table of the
     photos and asks "Train anyway?" (`--yes` answers it)."""
-    from bot.cli import _fail, _settings
     from bot.local_jobs import cli_user, export_images, run_or_follow
     from core.names import subject_names
     from core.subjects import ConsentRequired, PhotosNeedConfirmation, start_training
     from core.train_config import build_config, load_config_file, parse_set
     from core.uploads import UploadBudget
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         name, class_noun = subject_names(name, class_noun)  # before any photo is read
         UploadBudget().check_declared([(p.name, p.stat().st_size) for p in photos])
@@ -130,17 +129,17 @@ def train(
         except PhotosNeedConfirmation as asked:
             typer.echo(photo_table(asked.report))
             if not typer.confirm("Train anyway?", default=False):
-                raise _fail("Nothing was trained.") from None
+                raise fail("Nothing was trained.") from None
             started = start_training(settings, **args, confirmed=True)  # type: ignore[arg-type]
     except ConsentRequired as exc:  # its text speaks of chat; here the answer is a flag
-        raise _fail(f"{exc}\nIf that's true, run the same command again with --consent.") from None
+        raise fail(f"{exc}\nIf that's true, run the same command again with --consent.") from None
     except UserFacingError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     from gpu_worker.training import run as training
 
     final = run_or_follow(settings, started.job_id, training)
     if final.status != "succeeded":
-        raise _fail(f"training #{started.job_id} {final.status}: {final.error or ''}")
+        raise fail(f"training #{started.job_id} {final.status}: {final.error or ''}")
     result = final.result or {}
     typer.echo(f"{name} ({started.token} {class_noun}) is ready: {result.get('artifact_key', '')}")
     for path in export_images(settings, started.job_id, out):  # the validation pictures

@@ -182,15 +182,19 @@ class Delivery:
         """Rows to post, and cards whose job is still changing (or changed since last shown)."""
         now = time.monotonic()
         with session_scope(self.settings) as s:
-            rows = s.execute(
-                select(OutboxItem.id, OutboxItem.kind, OutboxItem.state, OutboxItem.payload)
-                .where(
-                    OutboxItem.attempts < MAX_ATTEMPTS,
-                    OutboxItem.state.in_(("pending", "posting"))
-                    | and_(OutboxItem.kind == "job_card", OutboxItem.state == "posted"),
+            rows = (
+                s.execute(
+                    select(OutboxItem.id, OutboxItem.kind, OutboxItem.state, OutboxItem.payload)
+                    .where(
+                        OutboxItem.attempts < MAX_ATTEMPTS,
+                        OutboxItem.state.in_(("pending", "posting"))
+                        | and_(OutboxItem.kind == "job_card", OutboxItem.state == "posted"),
+                    )
+                    .order_by(OutboxItem.id)
                 )
-                .order_by(OutboxItem.id)
-            ).all()
+                .tuples()
+                .all()
+            )
         due = []
         for row_id, kind, state, payload in rows:
             if self._retry_at.get(row_id, 0) > now:

@@ -139,11 +139,15 @@ def check_workers(settings: Settings) -> Check:
     recent = db_now(-3 * settings.heartbeat_interval - 5)
     try:
         with session_scope(settings) as session:
-            rows = session.execute(
-                select(Worker.name, Worker.queues, Worker.state, Worker.warmup).where(
-                    Worker.last_seen_at >= recent
+            rows = (
+                session.execute(
+                    select(Worker.name, Worker.queues, Worker.state, Worker.warmup).where(
+                        Worker.last_seen_at >= recent
+                    )
                 )
-            ).all()
+                .tuples()
+                .all()
+            )
     except Exception as exc:
         return Check("workers", False, f"cannot read workers ({exc})")
     if not rows:

@@ -62,10 +62,12 @@ def run_or_follow(settings: Settings, job_id: int, body: Callable[[Any], dict[st
     from gpu_worker.runtime import run_job
 
     done = threading.Event()
-    runner = threading.Thread(
-        target=lambda: (run_job(settings, job_id, f"cli@{getpass.getuser()}", body), done.set()),
-        daemon=True,
-    )
+
+    def run() -> None:
+        run_job(settings, job_id, f"cli@{getpass.getuser()}", body)
+        done.set()
+
+    runner = threading.Thread(target=run, daemon=True)
     runner.start()
     with tqdm(total=100, unit="%", desc=f"job #{job_id}", bar_format="{l_bar}{bar}| {postfix}") as bar:
         while True:

@@ -13,6 +13,7 @@ import logging
 from typing import Protocol
 
 import uvicorn
+from fastapi import FastAPI
 
 from bot.delivery import Delivery, Poster
 from bot.service import ConversationService
@@ -28,7 +29,12 @@ class Adapter(Protocol):
     """A chat platform: converts its events into service calls and posts for delivery."""
 
     platform: str
-    poster: Poster
+
+    @property
+    def poster(self) -> Poster:
+        """Where delivery posts this platform's cards and images (read-only here, so an
+        adapter may hold a more specific poster)."""
+        ...
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect and serve until `stop` is set, then disconnect."""
@@ -70,19 +76,19 @@ async def announce_when_listening(server: uvicorn.Server, settings: Settings) ->
     announce(f"web: playground {base}/ · dashboard {base}/admin")
 
 
-async def run_bot(settings: Settings, web_app: object, stop: asyncio.Event | None = None) -> None:
+async def run_bot(settings: Settings, web_app: FastAPI, stop: asyncio.Event | None = None) -> None:
     """Serve `web_app` with uvicorn beside every configured adapter and delivery until stopped."""
     stop = stop or asyncio.Event()
     service = ConversationService(settings)
     adapters = build_adapters(settings, service)
     posters: dict[str, Poster] = {a.platform: a.poster for a in adapters}
-    web_poster = getattr(web_app, "state", None) and getattr(web_app.state, "poster", None)
+    web_poster = getattr(web_app.state, "poster", None)
     if web_poster is not None:
         posters["web"] = web_poster
     delivery = Delivery(settings, posters)
     # log_config=None: uvicorn's lines go through our logging (the log file of `dreambot up`).
     config = uvicorn.Config(
-        web_app,  # type: ignore[arg-type]
+        web_app,
         host=settings.web_host,
         port=settings.web_port,
         log_level="info",

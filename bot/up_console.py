@@ -97,11 +97,11 @@ def platforms_line(settings: Settings) -> str | None:
     return None
 
 
-def database_line(settings: Settings, revision: str) -> str:
+def database_line(settings: Settings, revision: str | None) -> str:
     from sqlalchemy.engine import make_url
 
     url = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
-    return f"database: {url} (schema {revision})"
+    return f"database: {url} (schema {revision or 'not stamped'})"
 
 
 def base_model_line(settings: Settings, hf_cache: Path | None = None) -> str:

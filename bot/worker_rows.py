@@ -27,13 +27,17 @@ def ready_probe(settings: Settings) -> Probe:
 
     def probe(pids: dict[str, int]) -> dict[str, dict[str, Any]]:
         with session_scope(settings) as session:
-            rows = session.execute(
-                select(Worker.name, Worker.info, Worker.warmup).where(
-                    Worker.name.in_(list(pids)),
-                    Worker.state == "ready",
-                    Worker.last_seen_at >= online_cutoff(settings),
+            rows = (
+                session.execute(
+                    select(Worker.name, Worker.info, Worker.warmup).where(
+                        Worker.name.in_(list(pids)),
+                        Worker.state == "ready",
+                        Worker.last_seen_at >= online_cutoff(settings),
+                    )
                 )
-            ).all()
+                .tuples()
+                .all()
+            )
         return {
             name: {**(info or {}), "warmup": warmup or {}}
             for name, info, warmup in rows

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core import queue as queues
-from core.db import session_scope
+from core.db import rows_changed, session_scope
 from core.dbclock import db_now
 from core.errors import IllegalTransition, LeaseLost, NotFound
 from core.logs import bind_job
@@ -153,7 +153,8 @@ def claim(settings: Settings, job_id: int, worker: str) -> Lease | None:
     (a duplicate or late message).
     """
     with session_scope(settings) as session:
-        res = session.execute(
+        changed = rows_changed(
+            session,
             update(Job)
             .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
             .values(
@@ -164,9 +165,9 @@ def claim(settings: Settings, job_id: int, worker: str) -> Lease | None:
                 heartbeat_at=db_now(),
                 started_at=db_now(),
             )
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        if res.rowcount != 1:
+        if changed != 1:
             _cancel_if_requested(session, job_id)
             return None
         attempt = session.scalar(select(Job.attempt).where(Job.id == job_id))
@@ -189,13 +190,14 @@ def _write(settings: Settings, lease: Lease, **values: Any) -> None:
 
 
 def _write_in(session: Session, lease: Lease, **values: Any) -> None:
-    res = session.execute(
+    changed = rows_changed(
+        session,
         update(Job)
         .where(Job.id == lease.job_id, Job.attempt == lease.attempt, Job.status == "running")
         .values(heartbeat_at=db_now(), **values)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if res.rowcount != 1:
+    if changed != 1:
         raise LeaseLost(f"job {lease.job_id}: attempt {lease.attempt} is no longer current")
 
 
@@ -272,12 +274,13 @@ def request_cancel(settings: Settings, job_id: int) -> str:
         if job.status in TERMINAL:
             return job.status
         session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
-        res = session.execute(
+        changed = rows_changed(
+            session,
             update(Job)
             .where(Job.id == job_id, Job.status == "queued")
-            .values(status="cancelled", finished_at=db_now())
+            .values(status="cancelled", finished_at=db_now()),
         )
-        return "cancelled" if res.rowcount == 1 else "running"
+        return "cancelled" if changed == 1 else "running"
 
 
 def transition(settings: Settings, job_id: int, new: str, **values: Any) -> None:
@@ -287,8 +290,9 @@ def transition(settings: Settings, job_id: int, new: str, **values: Any) -> None
         if job is None:
             raise NotFound(f"There is no job #{job_id}.")
         check_transition(job.status, new)
-        res = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == job.status).values(status=new, **values)
+        changed = rows_changed(
+            session,
+            update(Job).where(Job.id == job_id, Job.status == job.status).values(status=new, **values),
         )
-        if res.rowcount != 1:
+        if changed != 1:
             raise IllegalTransition(f"job {job_id} changed state while being moved to {new!r}")

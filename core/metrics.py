@@ -65,7 +65,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 __all__ = ["CONTENT_TYPE_LATEST", "DreambotCollector", "make_registry", "render"]
 
 
-def seconds_between(session: Session, later: Any, earlier: Any) -> ColumnElement[float]:
+def seconds_between(session: Session, later: Any, earlier: Any) -> ColumnElement[Any]:
     """`later - earlier` in seconds, computed by the database (either dialect)."""
     if session.get_bind().dialect.name == "sqlite":
         return (func.julianday(later) - func.julianday(earlier)) * 86400.0
@@ -146,7 +146,7 @@ def duration_family(session: Session) -> HistogramMetricFamily:
         .where(Job.status.in_(FINISHED), Job.started_at.is_not(None), Job.finished_at.is_not(None))
         .group_by(Job.kind, Job.status)
         .order_by(Job.kind, Job.status)
-    )
+    ).tuples()
     for kind, state, count, total, *le in rows:
         buckets = [(floatToGoString(b), int(n or 0)) for b, n in zip(DURATION_BUCKETS, le, strict=True)]
         buckets.append(("+Inf", int(count)))
@@ -171,7 +171,7 @@ def training_families(session: Session) -> Iterator[GaugeMetricFamily]:
     )
     for job_id, worker, progress in session.execute(
         select(Job.id, Job.worker, Job.progress).where(Job.kind == "train", Job.status == "running")
-    ):
+    ).tuples():
         rate = _positive((progress or {}).get("steps_per_s"))
         if rate:
             running.add_metric([str(job_id), worker or ""], 1.0 / rate)
@@ -181,12 +181,12 @@ def training_families(session: Session) -> Iterator[GaugeMetricFamily]:
         f"mean seconds per step over trainings finished in the last {int(RECENT)} s",
     )
     steps = seconds = 0.0
-    for (result,) in session.execute(
+    for (stored,) in session.execute(
         select(Job.result).where(
             Job.kind == "train", Job.status == "succeeded", Job.finished_at >= db_now(-RECENT)
         )
-    ):
-        result = result or {}
+    ).tuples():
+        result: dict[str, Any] = stored or {}
         rate = _positive(result.get("steps_per_s"))
         trained = _positive((result.get("steps") or 0) - (result.get("resumed_from") or 0))
         if rate and trained:
@@ -204,12 +204,12 @@ def sampling_family(session: Session) -> GaugeMetricFamily:
     )
     span = seconds_between(session, Job.finished_at, Job.started_at)
     images = seconds = 0.0
-    for result, took in session.execute(
+    for stored, took in session.execute(
         select(Job.result, span).where(
             Job.kind == "sample", Job.status == "succeeded", Job.finished_at >= db_now(-RECENT)
         )
-    ):
-        result = result or {}
+    ).tuples():
+        result = stored or {}
         images += len(result.get("images") or []) + int(result.get("blocked") or 0)
         seconds += max(float(took or 0.0), 0.0)
     if images and seconds:
@@ -247,7 +247,7 @@ def worker_families(session: Session, settings: Settings) -> Iterator[GaugeMetri
             Worker.state,
             Worker.warmup,
         ).order_by(Worker.name)
-    )
+    ).tuples()
     total = 0
     for name, hostname, queues, seconds, is_online, now_state, details in rows:
         age.add_metric([name, hostname, queues], max(float(seconds or 0.0), 0.0))

@@ -123,7 +123,7 @@ def crop_strip(crops: Sequence[tuple[Image.Image, Box]], thumb: int = STRIP_THUM
     its own image's pixels (a small analysis copy is plenty for thumbnails)."""
     strip = Image.new("RGB", (thumb * max(1, len(crops)), thumb), (255, 255, 255))
     for n, (image, box) in enumerate(crops):
-        tile = image.crop(tuple(box)).resize((thumb, thumb), Image.Resampling.BILINEAR)
+        tile = image.crop((box[0], box[1], box[2], box[3])).resize((thumb, thumb), Image.Resampling.BILINEAR)
         strip.paste(tile, (n * thumb, 0))
     out = io.BytesIO()
     strip.save(out, format="JPEG", quality=80)

@@ -264,7 +264,7 @@ def _reason(problems: list[str], faces: int | None, copy_of: int | None) -> str:
 
 def _summary(scores: list[PhotoScore], kept: int, set_problems: list[str]) -> str:
     n = len(scores)
-    parts = []
+    parts: list[str] = []
     for key, (_, one, many) in PROBLEMS.items():
         # A dropped copy's other problems do not matter: it is not trained on.
         count = sum(key in s.problems and (key == "copy" or s.verdict != "drop") for s in scores)

@@ -6,7 +6,9 @@ own limits (set by an admin) override the deployment defaults from settings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -48,14 +50,14 @@ def usage(session: Session, settings: Settings, user: User) -> Usage:
             Job.status != "failed",
         )
     )
-    sample_jobs = session.scalars(
+    sample_jobs: Sequence[dict[str, Any] | None] = session.scalars(
         select(Job.params).where(
             Job.owner_id == user.id,
             Job.kind == "sample",
             Job.created_at >= since,
             Job.status != "failed",
         )
-    )
+    ).all()
     images = sum(int((p or {}).get("n", 1)) for p in sample_jobs)
     return Usage(
         active_jobs=active or 0,

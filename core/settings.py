@@ -14,6 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import DreambotError
@@ -384,7 +385,7 @@ class Settings(BaseSettings):
         return path.read_text().strip()
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     loc = error.get("loc") or ()
     name = f"{ENV_PREFIX}{str(loc[0]).upper()}" if loc else ""
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")

@@ -138,7 +138,7 @@ def picture_status(session: Session, settings: Settings) -> str:
             select(Worker.queues, Worker.state, Worker.warmup).where(
                 Worker.last_seen_at >= online_cutoff(settings)
             )
-        )
+        ).tuples()
         if sample_queue in queues.split(",")
     ]
     ready = [warmup for state, warmup in rows if state == "ready"]

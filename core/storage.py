@@ -13,63 +13,23 @@ import os
 import shutil
 import tempfile
 import uuid
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
-from core.errors import DreambotError, NotFound, StorageKeyError
+from core.errors import NotFound, StorageKeyError
 from core.settings import Settings
+from core.storage_api import CHUNK, ChecksumMismatch, Storage, chunks, sha256_bytes, validate_key
 
-CHUNK = 1024 * 1024
-
-
-class ChecksumMismatch(DreambotError):
-    """Bytes read back from storage do not match the sha256 recorded when they were written."""
-
-
-def validate_key(key: str) -> str:
-    """Return `key` if it is a safe relative key, else raise `StorageKeyError`."""
-    if not key or "\\" in key or "\x00" in key:
-        raise StorageKeyError(f"bad storage key {key!r}")
-    path = PurePosixPath(key)
-    if path.is_absolute() or key.startswith("/") or (len(key) > 1 and key[1] == ":"):
-        raise StorageKeyError(f"storage key must be relative, got {key!r}")
-    if any(part in ("..", ".", "") for part in key.split("/")):
-        raise StorageKeyError(f"storage key must not contain '.', '..' or '//': {key!r}")
-    return key
-
-
-class Storage(ABC):
-    """put / open / exists / delete / list by key."""
-
-    @abstractmethod
-    def put(self, key: str, data: bytes | BinaryIO) -> str:
-        """Store `data` under `key` atomically; returns its sha256 hex digest."""
-
-    @abstractmethod
-    def open(self, key: str) -> BinaryIO:
-        """A binary reader for `key`; raises `NotFound` when absent."""
-
-    @abstractmethod
-    def exists(self, key: str) -> bool: ...
-
-    @abstractmethod
-    def delete(self, key: str) -> bool:
-        """Remove `key`; False when it was not there."""
-
-    @abstractmethod
-    def list(self, prefix: str = "") -> Iterator[str]:
-        """Every key starting with `prefix`, in sorted order."""
-
-    def read_bytes(self, key: str) -> bytes:
-        with self.open(key) as f:
-            return f.read()
-
-    def delete_prefix(self, prefix: str) -> int:
-        """Remove every key under `prefix`; returns how many."""
-        keys = list(self.list(prefix))
-        return sum(1 for key in keys if self.delete(key))
+__all__ = [  # the interface is re-exported: callers import storage from here
+    "CHUNK",
+    "ChecksumMismatch",
+    "LocalStorage",
+    "Storage",
+    "sha256_bytes",
+    "storage_from_settings",
+    "validate_key",
+]
 
 
 class LocalStorage(Storage):
@@ -93,7 +53,7 @@ class LocalStorage(Storage):
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix=f"{uuid.uuid4().hex}-")
         try:
             with os.fdopen(fd, "wb") as out:
-                for chunk in _chunks(data):
+                for chunk in chunks(data):
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()
@@ -144,18 +104,6 @@ class LocalStorage(Storage):
         """Delete everything (tests)."""
         shutil.rmtree(self.root, ignore_errors=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
-
-
-def _chunks(data: bytes | BinaryIO) -> Iterator[bytes]:
-    if isinstance(data, bytes | bytearray | memoryview):
-        yield bytes(data)
-        return
-    while chunk := data.read(CHUNK):
-        yield chunk
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def storage_from_settings(settings: Settings) -> Storage:

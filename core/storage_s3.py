@@ -26,11 +26,11 @@ import io
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from core.errors import DreambotError, NotFound
-from core.storage import CHUNK, ChecksumMismatch, Storage, _chunks, validate_key
+from core.storage_api import CHUNK, ChecksumMismatch, Storage, chunks, validate_key
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -106,7 +106,7 @@ class S3Storage(Storage):
         # Spool first: the whole-file digest must be known before the upload starts (it is
         # metadata), and a reader that fails half way must not start an upload at all.
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
-            for chunk in _chunks(data):
+            for chunk in chunks(data):
                 digest.update(chunk)
                 spool.write(chunk)
             size = spool.tell()
@@ -177,7 +177,7 @@ class S3Storage(Storage):
     def delete_prefix(self, prefix: str) -> int:
         """Batch delete (1000 keys a request) instead of one request per key."""
         count, batch = 0, []
-        for key in list(self.list(prefix)):
+        for key in [*self.list(prefix)]:
             batch.append({"Key": self.prefix + key})
             if len(batch) == 1000:
                 count += self._delete_batch(batch)
@@ -186,7 +186,7 @@ class S3Storage(Storage):
             count += self._delete_batch(batch)
         return count
 
-    def _delete_batch(self, batch: list[dict[str, str]]) -> int:
+    def _delete_batch(self, batch: Sequence[dict[str, str]]) -> int:
         reply = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         errors = reply.get("Errors") or []
         if errors:

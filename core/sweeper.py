@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import or_, select, update
 
 from core import jobs
-from core.db import session_scope
+from core.db import rows_changed, session_scope
 from core.dbclock import db_now
 from core.models import Job
 from core.settings import Settings
@@ -51,6 +52,7 @@ def _reclaim_stale(settings: Settings, report: SweepReport) -> None:
             )
         ).all()
     for job_id, attempt, max_attempts, cancel in stale:
+        values: dict[str, Any]
         if cancel:
             new, values, bucket = "cancelled", {"finished_at": db_now()}, report.cancelled
         elif attempt < max_attempts:
@@ -60,7 +62,8 @@ def _reclaim_stale(settings: Settings, report: SweepReport) -> None:
             new, values, bucket = "failed", {"error": error, "finished_at": db_now()}, report.failed
         with session_scope(settings) as session:
             # Conditional on the attempt we saw: a worker that heartbeats in between wins.
-            res = session.execute(
+            changed = rows_changed(
+                session,
                 update(Job)
                 .where(
                     Job.id == job_id,
@@ -68,9 +71,9 @@ def _reclaim_stale(settings: Settings, report: SweepReport) -> None:
                     Job.status == "running",
                     Job.heartbeat_at < db_now(-settings.lease_timeout),
                 )
-                .values(status=new, **values)
+                .values(status=new, **values),
             )
-        if res.rowcount == 1:
+        if changed == 1:
             bucket.append(job_id)
 
 

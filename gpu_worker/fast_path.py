@@ -102,8 +102,8 @@ class FastPath:
     def prebuild_unet(self, batch: int, height: int, width: int) -> None:
         """Queue a background build of the UNet for latents of this shape (with CFG), from
         inputs shaped as the pipelines pass them: no draw, no lock, nobody waits."""
-        unet, dtype = self.unet.module, self.unet.module.dtype
-        device = next(unet.parameters()).device
+        unet: Any = self.unet.module  # a diffusers UNet: its config and dtype are not in torch's types
+        dtype, device = unet.dtype, next(unet.parameters()).device
         sample = torch.zeros(2 * batch, unet.config.in_channels, height, width, device=device, dtype=dtype)
         context = torch.zeros(2 * batch, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
         kwargs = dict(encoder_hidden_states=context, timestep_cond=None, cross_attention_kwargs=None,

@@ -252,7 +252,7 @@ def pull(
     return LocalModel(snapshot, sum(sizes[f] for f in files), todo)
 
 
-class _Silent(tqdm):  # type: ignore[misc]
+class _Silent(tqdm):
     """huggingface_hub's own bars off: progress is measured and reported by us."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from gpu_worker.resident_adapters import MISMATCH, LayerDelta, UnsupportedAdapter
+from gpu_worker.layer_delta import MISMATCH, LayerDelta, UnsupportedAdapter
 
 log = logging.getLogger(__name__)
 PREFIX = "unet."
@@ -79,7 +79,7 @@ def _layer_delta(
     except AttributeError:
         log.warning("adapter layer %s is not in this model", layer)
         raise UnsupportedAdapter(MISMATCH) from None
-    weight = module.weight
+    weight = module.get_parameter("weight")
     rank = down.shape[0]
     if (
         up.ndim < 2

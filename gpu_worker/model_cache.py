@@ -355,7 +355,7 @@ def publish_base_model(
     manifest = Manifest(files=files)
     storage.put(f"{prefix}/{MANIFEST}", manifest.model_dump_json(indent=1).encode())
     for key in list(storage.list(f"{prefix}/")):
-        rel = key.removeprefix(f"{prefix}/")
-        if rel != MANIFEST and rel not in files:
+        name = key.removeprefix(f"{prefix}/")
+        if name != MANIFEST and name not in files:
             storage.delete(key)
     return manifest

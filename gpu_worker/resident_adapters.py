@@ -22,42 +22,15 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from core.errors import UserFacingError
+from gpu_worker.layer_delta import MISMATCH, LayerDelta, UnsupportedAdapter
 from gpu_worker.lora_cache import AdapterRef
 
 log = logging.getLogger(__name__)
 LOADABLE = ("unet", "text_encoder")
-MISMATCH = (
-    "This trained model does not fit the current base model (it was probably trained on another "
-    "one); please train it again."
-)
-
-
-class UnsupportedAdapter(UserFacingError):
-    """An adapter file this worker cannot merge (DoRA, LoRA biases)."""
-
-
-@dataclass(frozen=True)
-class LayerDelta:
-    """One layer's share of an adapter: delta = up @ down (scaling folded into `up`), or a
-    ready `full` delta for layers that are not plain linear LoRA (conv LoRAs)."""
-
-    module: torch.nn.Module  # the model's own Linear/Conv2d whose weight the delta adds to
-    up: torch.Tensor | None = None
-    down: torch.Tensor | None = None
-    full: torch.Tensor | None = None
-
-    def delta(self) -> torch.Tensor:
-        weight = self.module.weight
-        if self.full is not None:
-            return self.full.float()
-        assert self.up is not None and self.down is not None
-        return (self.up.float() @ self.down.float()).view(weight.shape)
 
 
 def extract_deltas(pipe: object, name: str) -> list[LayerDelta]:
@@ -143,13 +116,14 @@ class ResidentAdapters:
         sums: dict[torch.nn.Module, torch.Tensor] = {}
         for ref in refs:
             for d in self._loaded[ref.name]:
-                sums[d.module] = sums.get(d.module, 0) + ref.weight * d.delta()  # type: ignore[operator]
+                delta = ref.weight * d.delta()
+                sums[d.module] = sums[d.module] + delta if d.module in sums else delta
         for module in [m for m in self._originals if m not in sums]:
-            module.weight.copy_(self._originals.pop(module))  # type: ignore[operator]
+            module.get_parameter("weight").copy_(self._originals.pop(module))
         for module, delta in sums.items():
-            weight = module.weight
+            weight = module.get_parameter("weight")
             original = self._originals.setdefault(module, weight.detach().clone())
-            weight.copy_((original.float() + delta.to(original.device)).to(weight.dtype))  # type: ignore[operator]
+            weight.copy_((original.float() + delta.to(original.device)).to(weight.dtype))
 
     def _load(self, ref: AdapterRef) -> None:
         from gpu_worker.lora_reader import read_unet_deltas

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from core.db import get_engine, session_scope
+from core.db import get_engine, rows_changed, session_scope
 from core.dbclock import db_now
 from core.models import Worker
 from core.queue import SAMPLE, TRAIN
@@ -79,8 +79,7 @@ def record_state(settings: Settings, name: str, state: str, warmup: dict[str, An
     if state == "starting":  # a restart: the last run's times no longer apply
         values.update(warming_at=None, ready_at=None)
     with session_scope(settings) as session:
-        done = session.execute(update(Worker).where(Worker.name == name).values(**values))
-        if done.rowcount:
+        if rows_changed(session, update(Worker).where(Worker.name == name).values(**values)):
             return
         dialect = sqlite if get_engine(settings).dialect.name == "sqlite" else postgresql
         row = dict(name=name, hostname=name.partition("@")[2], queues=queues, info={}, **values)

@@ -20,7 +20,7 @@ import hmac
 import math
 import secrets
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from argon2 import PasswordHasher
@@ -225,7 +225,7 @@ def read_session(request: Request) -> AdminSession | None:
     return session if epoch is not None and epoch == data.get("e") else None
 
 
-def cookie_options(request: Request, max_age: int | None) -> dict[str, object]:
+def cookie_options(request: Request, max_age: int | None) -> dict[str, Any]:
     return {
         "httponly": True,
         "samesite": "lax",

@@ -7,22 +7,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from bot.cli_common import current_settings, settings_or_exit
+
 if TYPE_CHECKING:
-    from core.settings import Settings
+    pass
 
 admin_app = typer.Typer(help="Admin accounts for the dashboard.", no_args_is_help=True)
-
-
-def _settings() -> Settings:
-    from bot.cli import _settings as load
-
-    return load()
-
-
-def _current_settings() -> Settings:
-    from bot.cli import _current_settings as load
-
-    return load()
 
 
 @admin_app.command("create")
@@ -35,7 +25,7 @@ def admin_create(
     """Create a dashboard admin; the password is asked for (twice) unless --password-stdin."""
     from bot.dashboard.auth import AccountError, create_admin
 
-    settings = _current_settings()
+    settings = current_settings()
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -58,7 +48,7 @@ def console_role_sql(
     """Print the SQL that creates a read-only PostgreSQL role for the SQL console."""
     from bot.dashboard.console_role import readonly_role_sql
 
-    typer.echo(readonly_role_sql(role, schema or _settings().database_schema or "public"), nl=False)
+    typer.echo(readonly_role_sql(role, schema or settings_or_exit().database_schema or "public"), nl=False)
 
 
 @admin_app.command("console-role")
@@ -77,7 +67,7 @@ def console_role(
 
     from bot.dashboard.console_role import create_console_role, role_problem
 
-    settings = _current_settings()
+    settings = current_settings()
     if settings.is_sqlite:
         typer.secho("dreambot: on SQLite the console needs no role: it opens the file read-only.", err=True)
         raise typer.Exit(1)
@@ -108,7 +98,7 @@ def dashboard(
     from bot.dashboard import create_dashboard_app
     from core.settings import LOOPBACK_HOSTS
 
-    settings = _current_settings()
+    settings = current_settings()
     host = host or settings.web_host
     port = settings.web_port if port is None else port
     secret = settings.session_secret.get_secret_value() if settings.session_secret else ""

@@ -126,15 +126,22 @@ def job_retry(request: Request, job_id: int, admin: AdminPost) -> Response:
             return back(
                 f"/admin/jobs/{job_id}", err=f"Only failed or cancelled jobs can be retried ({job.status})."
             )
-        copy = {
-            "kind": job.kind,
-            "params": dict(job.params or {}),
-            "owner_id": job.owner_id,
-            "subject_ids": [s.id for s in job.subjects] or ([job.subject_id] if job.subject_id else []),
-            "conversation_id": job.conversation_id,
-        }
+        kind, params, owner_id, conversation_id = (
+            job.kind,
+            dict(job.params or {}),
+            job.owner_id,
+            job.conversation_id,
+        )
+        subject_ids = [s.id for s in job.subjects] or ([job.subject_id] if job.subject_id else [])
     try:
-        new = job_lifecycle.submit(settings, **copy)
+        new = job_lifecycle.submit(
+            settings,
+            kind=kind,
+            params=params,
+            owner_id=owner_id,
+            subject_ids=subject_ids,
+            conversation_id=conversation_id,
+        )
     except DreambotError as exc:  # quota, blocked person, …: say so on the page
         audit.record(settings, admin.username, "job.retry_refused", f"job:{job_id}", error=str(exc))
         return back(f"/admin/jobs/{job_id}", err=f"Could not retry: {exc}")

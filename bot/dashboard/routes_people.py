@@ -14,7 +14,7 @@ from bot.dashboard.auth import Admin, AdminPost, state_of
 from bot.dashboard.web import back, page_of, render
 from core import forget as forgetting
 from core import quotas
-from core.db import session_scope
+from core.db import rows_changed, session_scope
 from core.errors import NotFound, StorageKeyError
 from core.models import ACTIVE_STATES, AuditLog, Image, Job, Photo, Subject, User, job_subjects
 from core.storage import storage_from_settings
@@ -83,7 +83,7 @@ async def person_quotas(request: Request, user_id: int, admin: AdminPost) -> Res
     except ValueError as exc:
         return back(f"/admin/people/{user_id}", err=str(exc).capitalize() + ".")
     with session_scope(settings) as session:
-        if session.execute(update(User).where(User.id == user_id).values(**values)).rowcount != 1:
+        if rows_changed(session, update(User).where(User.id == user_id).values(**values)) != 1:
             raise HTTPException(404, f"There is no person #{user_id}.")
     audit.record(settings, admin.username, "person.quotas", f"user:{user_id}", **values)
     return back(f"/admin/people/{user_id}", msg="Quotas saved.")
@@ -94,7 +94,7 @@ async def person_block(request: Request, user_id: int, admin: AdminPost) -> Resp
     settings = state_of(request).settings
     blocked = (await request.form()).get("blocked") == "1"
     with session_scope(settings) as session:
-        if session.execute(update(User).where(User.id == user_id).values(is_blocked=blocked)).rowcount != 1:
+        if rows_changed(session, update(User).where(User.id == user_id).values(is_blocked=blocked)) != 1:
             raise HTTPException(404, f"There is no person #{user_id}.")
     audit.record(settings, admin.username, "person.block" if blocked else "person.unblock", f"user:{user_id}")
     return back(f"/admin/people/{user_id}", msg="Blocked." if blocked else "Unblocked.")

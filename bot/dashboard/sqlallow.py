@@ -27,7 +27,7 @@ SECRET_COLUMNS: frozenset[tuple[str, str]] = frozenset(
 SECRET_TABLE_WORD = "session"
 
 # Query structure, operators and literals (no function behind them that reads anything).
-ALLOWED_NODES: frozenset[type[exp.Expression]] = frozenset(
+ALLOWED_NODES: frozenset[type[exp.Expr]] = frozenset(
     {
         exp.Select,
         exp.Union,

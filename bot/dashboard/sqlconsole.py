@@ -75,7 +75,8 @@ def _is_query(sql: str) -> bool:
 
 
 def _names(described: Sequence[str], headers: Sequence[str | None]) -> list[str]:
-    return [(headers[i] if i < len(headers) and headers[i] else name) for i, name in enumerate(described)]
+    padded = [*headers, *[None] * len(described)]  # a header for each column, or none
+    return [header or name for name, header in zip(described, padded[: len(described)], strict=True)]
 
 
 def _too_many_columns(count: int) -> QueryFailed:
@@ -219,7 +220,7 @@ def run_postgres(
     import psycopg
 
     started = time.monotonic()
-    extra = {"options": f"-csearch_path={schema}"} if schema else {}
+    extra: dict[str, Any] = {"options": f"-csearch_path={schema}"} if schema else {}
     try:
         conn = psycopg.connect(conninfo(url), connect_timeout=5, **extra)
     except psycopg.Error as exc:

@@ -113,7 +113,7 @@ def _split_explain(text: str) -> tuple[str, str]:
 # -- parsing ------------------------------------------------------------------------------
 
 
-def _parse_one(body: str, dialect: str) -> exp.Expression:
+def _parse_one(body: str, dialect: str) -> exp.Expr:
     try:
         statements = [s for s in sqlglot.parse(body, dialect=dialect) if s is not None]
     except TokenError:
@@ -146,10 +146,10 @@ def _unreadable(exc: SqlglotError) -> str:
     return "Could not read that SQL; check its syntax."
 
 
-def _values_as_selects(tree: exp.Expression) -> exp.Expression:
+def _values_as_selects(tree: exp.Expr) -> exp.Expr:
     """`VALUES (a, b), (c, d)` → `SELECT a AS column1, b AS column2 UNION ALL SELECT …`."""
 
-    def convert(node: exp.Expression) -> exp.Expression:
+    def convert(node: exp.Expr) -> exp.Expr:
         if not isinstance(node, exp.Values):
             return node
         selects: list[exp.Query] = []
@@ -168,7 +168,7 @@ def _values_as_selects(tree: exp.Expression) -> exp.Expression:
 # -- node kinds ---------------------------------------------------------------------------
 
 
-def _check_nodes(tree: exp.Expression, dialect: str) -> None:
+def _check_nodes(tree: exp.Expr, dialect: str) -> None:
     for node in tree.walk():
         if isinstance(node, exp.Func):
             if not is_allowed_function(node, dialect):
@@ -177,7 +177,7 @@ def _check_nodes(tree: exp.Expression, dialect: str) -> None:
                 )
             if isinstance(node, exp.Cast) and not _plain_type(node.args.get("to")):
                 to = node.args.get("to")
-                target = to.sql(dialect) if isinstance(to, exp.Expression) else "that type"
+                target = to.sql(dialect) if isinstance(to, exp.Expr) else "that type"
                 raise RefusedStatement(f"Casting to {target} is not available in the console.")
         elif type(node) not in ALLOWED_NODES:
             raise RefusedStatement(_node_message(node))
@@ -187,7 +187,7 @@ def _plain_type(to: object) -> bool:
     return isinstance(to, exp.DataType) and to.this in ALLOWED_CASTS and not to.expressions
 
 
-def _node_message(node: exp.Expression) -> str:
+def _node_message(node: exp.Expr) -> str:
     if isinstance(node, WRITES):
         return f"The console is read-only: {node.key.upper()} is not allowed inside a query."
     if isinstance(node, exp.Into):
@@ -206,7 +206,7 @@ def _node_message(node: exp.Expression) -> str:
 # -- tables, scopes and columns -----------------------------------------------------------
 
 
-def _normalise_tables(tree: exp.Expression, dialect: str, schema_name: str | None) -> None:
+def _normalise_tables(tree: exp.Expr, dialect: str, schema_name: str | None) -> None:
     """Refuse other schemas, catalogues and tables that are not dreambot's (a CTE's name
     passes here; the scope check binds it); drop the configured schema's name (it is the
     search_path), so every table is looked up in dreambot's own schema."""
@@ -222,8 +222,8 @@ def _normalise_tables(tree: exp.Expression, dialect: str, schema_name: str | Non
         table.set("db", None)
 
 
-def _qualify(tree: exp.Expression, dialect: str) -> exp.Expression:
-    known = {name: columns for name, columns in app_schema().items() if not is_secret_table(name)}
+def _qualify(tree: exp.Expr, dialect: str) -> exp.Expr:
+    known: dict[str, object] = {n: cols for n, cols in app_schema().items() if not is_secret_table(n)}
     try:
         return qualify(
             tree.copy(),
@@ -243,7 +243,7 @@ def _qualify(tree: exp.Expression, dialect: str) -> exp.Expression:
         ) from None
 
 
-def _check_scopes(root: exp.Expression) -> None:
+def _check_scopes(root: exp.Expr) -> None:
     seen: set[int] = set()
     try:
         scopes = traverse_scope(root)
@@ -309,10 +309,10 @@ def _check_column(scope: Scope, column: exp.Column) -> None:
     source = _resolve(scope, column.table)
     if source is None:
         raise RefusedStatement(f"Could not tell which table {column.name} comes from; name its table.")
-    stored = isinstance(source, exp.Table) and not isinstance(source.this, exp.Func)
-    if stored and (source.name.lower(), column.name.lower()) in SECRET_COLUMNS:
+    stored = source if isinstance(source, exp.Table) and not isinstance(source.this, exp.Func) else None
+    if stored is not None and (stored.name.lower(), column.name.lower()) in SECRET_COLUMNS:
         raise RefusedStatement(
-            f"{source.name}.{column.name} holds a secret and can't be read from the console"
+            f"{stored.name}.{column.name} holds a secret and can't be read from the console"
             " (if you used *, list the columns you need instead)."
         )
 
@@ -335,11 +335,11 @@ def _names_an_output(column: exp.Column) -> bool:
     return isinstance(query, exp.Query) and column.name in query.named_selects
 
 
-def _selects(root: exp.Expression) -> list[exp.Expression]:
+def _selects(root: exp.Expr) -> list[exp.Expr]:
     return list(root.selects) if isinstance(root, exp.Query) else []
 
 
-def _headers(original: exp.Expression, qualified: exp.Expression, dialect: str) -> tuple[str | None, ...]:
+def _headers(original: exp.Expr, qualified: exp.Expr, dialect: str) -> tuple[str | None, ...]:
     """Names for result columns sqlglot had to name `_col_N`: the expression as written
     (from the qualified tree, less its table names, when `*` moved the columns)."""
     starred = any(p.is_star for p in _selects(original))

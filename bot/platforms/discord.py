@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import discord
@@ -54,7 +54,7 @@ CDN = Source(
     unavailable="I couldn't download “{name}” from Discord; please send it again.",
     failed="I couldn't download “{name}” from Discord; please send it again.",
 )
-THREAD_ARCHIVE_MINUTES = 1440
+THREAD_ARCHIVE_MINUTES: Final = 1440
 ASK_CONSENT = "Press “I confirm — train” below, or run /train again with consent: True."
 
 
@@ -294,7 +294,8 @@ class DiscordAdapter:
     # -- buttons ---------------------------------------------------------------------------
 
     async def on_button(self, interaction: discord.Interaction) -> None:
-        custom_id = str((interaction.data or {}).get("custom_id", ""))
+        data: dict[str, Any] = dict(interaction.data or {})
+        custom_id = str(data.get("custom_id", ""))
         if not custom_id.startswith("db:"):
             return
         try:
@@ -316,9 +317,8 @@ class DiscordAdapter:
             with contextlib.suppress(discord.HTTPException):
                 await interaction.edit_original_response(view=None)
         view = view_of(reply.buttons)
-        await interaction.followup.send(
-            clip(reply.text or "Done."), ephemeral=True, **({"view": view} if view is not None else {})
-        )
+        extra: dict[str, Any] = {"view": view} if view is not None else {}  # None is no view
+        await interaction.followup.send(clip(reply.text or "Done."), ephemeral=True, **extra)
 
     # -- messages: mentions, DMs and the bot's threads --------------------------------------
 
@@ -352,7 +352,9 @@ class DiscordAdapter:
             async with channel.typing():
                 reply = await self.service.chat(origin, text, uploads)
             if not reply.duplicate:
-                await channel.send(clip(reply.text or "…"), view=view_of(reply.buttons))
+                view = view_of(reply.buttons)
+                extra: dict[str, Any] = {"view": view} if view is not None else {}  # None is no view
+                await channel.send(clip(reply.text or "…"), **extra)
         except Exception:
             log.exception("answering message %s failed", message.id)
             with contextlib.suppress(discord.HTTPException, aiohttp.ClientError, OSError):

@@ -99,16 +99,20 @@ class TrainForm(discord.ui.Modal, title="Train a subject"):
         super().__init__(timeout=15 * 60, custom_id="db:train-form")
         self.adapter = adapter
         self.consent, self.keep_photos = consent, keep_photos
-        self.name = discord.ui.TextInput(default=name, max_length=40)
-        self.class_noun = discord.ui.TextInput(default=class_noun or None, required=False, max_length=40)
-        self.photos = discord.ui.FileUpload(custom_id="photos", min_values=1, max_values=10)
+        self.name: discord.ui.TextInput[TrainForm] = discord.ui.TextInput(default=name, max_length=40)
+        self.class_noun: discord.ui.TextInput[TrainForm] = discord.ui.TextInput(
+            default=class_noun or None, required=False, max_length=40
+        )
+        self.photos: discord.ui.FileUpload[TrainForm] = discord.ui.FileUpload(
+            custom_id="photos", min_values=1, max_values=10
+        )
         self.add_item(discord.ui.Label(text="Name", component=self.name))
         self.add_item(
             discord.ui.Label(text="What is it? (dog, cat, person, mug…)", component=self.class_noun)
         )
         self.add_item(discord.ui.Label(text="3–10 sharp photos", component=self.photos))
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def on_submit(self, interaction: discord.Interaction) -> None:
         await self.adapter.train(
             interaction,
             self.name.value,
@@ -140,7 +144,7 @@ class _UploaderView(discord.ui.View):
         super().__init__(timeout=15 * 60)
         self.adapter, self.owner_id, self.held = adapter, owner_id, held
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:  # type: ignore[override]
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
         return interaction.user.id == self.owner_id  # only the uploader decides
 
     async def _train(self, interaction: discord.Interaction, *, consent: bool, confirmed: bool) -> None:

@@ -166,7 +166,7 @@ class DiscordPoster:
                     if exc.status not in GONE_TOKEN:
                         raise
                     log.info("interaction token refused (%s); posting to the channel", exc.status)
-            kwargs = dict(content=text, files=[f.to_discord() for f in files], view=view)
+            kwargs: dict[str, Any] = dict(content=text, files=[f.to_discord() for f in files], view=view)
             with handle_message_parameters(nonce=nonce, **kwargs) as params:
                 data = await self.client.http.send_message(channel_id, params=params)
             return str(data["id"])

@@ -47,7 +47,6 @@ MAX_FILES = 10
 # framing on the upload routes; a small form everywhere else.
 MAX_UPLOAD_REQUEST = MAX_TOTAL_BYTES + 2**20
 MAX_FORM_REQUEST = 64 * 1024
-UPLOAD_FORM_LIMITS = {"max_files": MAX_FILES}
 
 
 class WebPoster:
@@ -171,7 +170,7 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
             )
         return response
 
-    @router.post("/api/chat", max_body_size=MAX_UPLOAD_REQUEST, form_limits=UPLOAD_FORM_LIMITS)
+    @router.post("/api/chat", max_body_size=MAX_UPLOAD_REQUEST, form_limits={"max_files": MAX_FILES})
     async def chat(
         who: Visitor,
         text: Annotated[str, Form()] = "",
@@ -180,7 +179,7 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
     ) -> JSONResponse:
         return _reply(await service.chat(_origin(who, event_id), text, await read_uploads(files)))
 
-    @router.post("/api/train", max_body_size=MAX_UPLOAD_REQUEST, form_limits=UPLOAD_FORM_LIMITS)
+    @router.post("/api/train", max_body_size=MAX_UPLOAD_REQUEST, form_limits={"max_files": MAX_FILES})
     async def train(
         who: Visitor,
         name: Annotated[str, Form()],
@@ -199,7 +198,7 @@ def playground_router(settings: Settings, service: ConversationService) -> APIRo
         origin = _origin(who, event_id)
         return _reply(await service.train(origin, name, class_noun, uploads, consent, keep_photos, confirmed))
 
-    @router.post("/api/photos/check", max_body_size=MAX_UPLOAD_REQUEST, form_limits=UPLOAD_FORM_LIMITS)
+    @router.post("/api/photos/check", max_body_size=MAX_UPLOAD_REQUEST, form_limits={"max_files": MAX_FILES})
     async def photos_check(
         who: Visitor,
         class_noun: Annotated[str, Form()] = "",

@@ -40,7 +40,7 @@ def health(settings: Settings, supervised: Callable[[], list[WorkerState]] | Non
         session.execute(text("SELECT 1"))
         by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
     workers = worker_rows.online(settings)
-    missing = [
+    missing: list[dict[str, Any]] = [
         {"worker": w.name, "queues": w.queues.split(","), "state": w.state, "detail": w.detail}
         for w in (supervised() if supervised else [])
         if not w.healthy

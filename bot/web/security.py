@@ -14,7 +14,7 @@ request came from.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.responses import PlainTextResponse
@@ -41,7 +41,7 @@ SECURITY_HEADERS = {
 NO_STORE = "no-store"
 STATIC_PREFIXES = ("/static/", "/admin/static/")
 # For uvicorn.run / uvicorn.Config: forwarded headers are the app's business (above).
-UVICORN_OPTIONS: dict[str, bool] = {"proxy_headers": False, "server_header": False}
+UVICORN_OPTIONS: dict[str, Any] = {"proxy_headers": False, "server_header": False}
 
 
 class SecurityHeaders:

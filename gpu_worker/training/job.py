@@ -104,7 +104,9 @@ def _load_photos(storage: Storage, info: SubjectInfo) -> list[Any]:
         except NotFound:
             raise UserFacingError(f"photo {name} of this subject is missing from storage") from None
         image = validate_photo(data, name, min_side=MIN_TRAIN_SIDE)
-        images.append(image.crop(tuple(crop)) if crop else image)  # else `square` takes the centre
+        images.append(
+            image.crop((crop[0], crop[1], crop[2], crop[3])) if crop else image
+        )  # else `square` takes the centre
     return images
 
 

@@ -40,7 +40,8 @@ def no_lora_input_casts(module: nn.Module) -> None:
     """Let peft's LoRA layers take activations as they come (bf16 under autocast)."""
     for m in module.modules():
         if hasattr(m, "lora_A"):
-            m.cast_input_dtype_enabled = False
+            layer: Any = m  # a peft LoraLayer (its flag is not in torch's Module types)
+            layer.cast_input_dtype_enabled = False
 
 
 def _channels_last_output(
@@ -58,12 +59,13 @@ def _channels_last_output(
     return hidden_states + residual
 
 
-def keep_channels_last(unet: nn.Module) -> None:
+def keep_channels_last(unet: Any) -> None:
     """channels_last weights, and the attention blocks' outputs left channels_last."""
     unet.to(memory_format=torch.channels_last)
     for m in unet.modules():
         if hasattr(m, "_get_output_for_continuous_inputs") and hasattr(m, "use_linear_projection"):
-            m._get_output_for_continuous_inputs = types.MethodType(_channels_last_output, m)
+            block: Any = m  # a diffusers Transformer2DModel
+            block._get_output_for_continuous_inputs = types.MethodType(_channels_last_output, m)
 
 
 def set_training_mode(unet: nn.Module) -> None:

@@ -135,6 +135,8 @@ class Trainer:
         move_module(vae, self.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
         res, flip = self.cfg.resolution or 0, self.cfg.random_flip
         self.inst_mean, self.inst_std = latent_distribution(vae, instance, res, flip, self.device)
+        self.cls_mean: torch.Tensor | None
+        self.cls_std: torch.Tensor | None
         self.cls_mean, self.cls_std = (
             latent_distribution(vae, klass, res, flip, self.device) if klass else (None, None)
         )
@@ -150,7 +152,8 @@ class Trainer:
         if not self.train_te:
             te.to(self.device)
             with torch.no_grad():
-                self.embeds = tuple(te(i)[0].to(self.weight_dtype) for i in self.ids)  # type: ignore[assignment]
+                inst, cls = (te(i)[0].to(self.weight_dtype) for i in self.ids)
+                self.embeds = (inst, cls)
             te.to("cpu")
 
     def _setup_optimizer(self) -> None:
@@ -211,7 +214,8 @@ class Trainer:
         g = torch.Generator(device=dev).manual_seed(seed)
         parts = [self._draw(self.inst_mean, self.inst_std, g)]
         if self.prior:
-            parts.append(self._draw(self.cls_mean, self.cls_std, g))  # type: ignore[arg-type]
+            assert self.cls_mean is not None and self.cls_std is not None  # cached with the prior
+            parts.append(self._draw(self.cls_mean, self.cls_std, g))
         latents = torch.cat(parts)
         b = latents.shape[0]
         noise = torch.randn(latents.shape, generator=g, device=dev)

@@ -199,7 +199,7 @@ def test_an_adapter_for_another_model_fails_its_job_clearly_and_harms_nothing(
     import torch
     from safetensors.torch import save
 
-    from gpu_worker.resident_adapters import MISMATCH
+    from gpu_worker.layer_delta import MISMATCH
 
     layer = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
     foreign = save(
