@@ -32,8 +32,9 @@ from agent.tool_args import (
 from agent.toolcalls import ToolCall
 from core import jobs
 from core.db import session_scope
-from core.errors import UserFacingError
-from core.models import Image, Job, Subject, User
+from core.errors import Refused, UserFacingError
+from core.models import Job, Subject, User
+from core.ownership import own_image, own_job, own_subjects
 from core.photos import PhotoRejected, check_photo
 from core.quotas import usage
 from core.sample_request import parse_sample_request
@@ -53,8 +54,9 @@ log = logging.getLogger(__name__)
 ASPECTS = {"square": (None, None), "portrait": (512, 768), "landscape": (768, 512)}
 
 
-class ToolError(UserFacingError):
-    """A refusal or failure the model should explain to the person (not a format mistake)."""
+# A refusal or failure the model should explain to the person (not a format mistake); the
+# ownership checks in core raise the same class.
+ToolError = Refused
 
 
 @dataclass
@@ -101,38 +103,6 @@ class Tool:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def _own_subjects(session: Any, ctx: ToolContext, ids: list[int]) -> list[Subject]:
-    out = []
-    for sid in dict.fromkeys(ids):
-        subject = session.get(Subject, sid)
-        # Someone else's subject reads exactly like a missing one.
-        if subject is None or subject.owner_id != ctx.user_id:
-            raise ToolError(f"Subject #{sid} is not one of this person's subjects; use list_subjects.")
-        if not subject.artifact_key:
-            raise ToolError(
-                f"“{subject.name}” (#{sid}) is not trained yet; it can be used when training is done."
-            )
-        out.append(subject)
-    return out
-
-
-def _own_image(session: Any, ctx: ToolContext, image_id: int) -> tuple[Image, Job]:
-    image = session.get(Image, image_id)
-    job = session.get(Job, image.job_id) if image is not None else None
-    if image is None or job is None or job.owner_id != ctx.user_id:
-        raise ToolError(f"Image #{image_id} is not one of this person's images.")
-    if image.hidden_at is not None:
-        raise ToolError(f"Image #{image_id} was reported and is hidden while an admin reviews it.")
-    return image, job
-
-
-def _own_job(session: Any, ctx: ToolContext, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.owner_id != ctx.user_id:
-        raise ToolError(f"Job #{job_id} is not one of this person's jobs.")
-    return job
 
 
 def submit_sample(ctx: ToolContext, params: dict[str, Any], subject_ids: list[int]) -> dict[str, Any]:
@@ -252,7 +222,7 @@ def train_subject(ctx: ToolContext, args: TrainSubjectArgs) -> dict[str, Any]:
 
 def generate_images(ctx: ToolContext, args: GenerateImagesArgs) -> dict[str, Any]:
     with session_scope(ctx.settings) as session:
-        subjects = _own_subjects(session, ctx, args.subject_ids)
+        subjects = own_subjects(session, ctx.user_id, args.subject_ids)
         refs = [SubjectRef(s.token, s.class_noun, s.name) for s in subjects]
     width, height = ASPECTS[args.aspect]
     subject_ids = [s.id for s in subjects]
@@ -272,7 +242,7 @@ def generate_images(ctx: ToolContext, args: GenerateImagesArgs) -> dict[str, Any
 
 def vary_image(ctx: ToolContext, args: VaryImageArgs) -> dict[str, Any]:
     with session_scope(ctx.settings) as session:
-        image, job = _own_image(session, ctx, args.image_id)
+        image, job = own_image(session, ctx.user_id, args.image_id)
         subjects = list(job.subjects)
         refs = [SubjectRef(s.token, s.class_noun, s.name) for s in subjects]
         prompt = scene_prompt(args.prompt, refs) if args.prompt else image.prompt
@@ -291,7 +261,7 @@ def vary_image(ctx: ToolContext, args: VaryImageArgs) -> dict[str, Any]:
 
 def upscale_image(ctx: ToolContext, args: ImageArgs) -> dict[str, Any]:
     with session_scope(ctx.settings) as session:
-        image, job = _own_image(session, ctx, args.image_id)
+        image, job = own_image(session, ctx.user_id, args.image_id)
         ids = [s.id for s in job.subjects]
         params = {"prompt": image.prompt, "subject_ids": ids, "n": 1, "upscale_of": args.image_id}
     return submit_sample(ctx, params, ids)
@@ -311,7 +281,7 @@ def _job_view(job: Job) -> dict[str, Any]:
 def job_status(ctx: ToolContext, args: OptionalJobArgs) -> dict[str, Any]:
     with session_scope(ctx.settings) as session:
         if args.job_id is not None:
-            return _job_view(_own_job(session, ctx, args.job_id))
+            return _job_view(own_job(session, ctx.user_id, args.job_id))
         recent = session.scalars(
             select(Job).where(Job.owner_id == ctx.user_id).order_by(Job.id.desc()).limit(5)
         )
@@ -320,7 +290,7 @@ def job_status(ctx: ToolContext, args: OptionalJobArgs) -> dict[str, Any]:
 
 def cancel_job(ctx: ToolContext, args: JobArgs) -> dict[str, Any]:
     with session_scope(ctx.settings) as session:
-        _own_job(session, ctx, args.job_id)
+        own_job(session, ctx.user_id, args.job_id)
     return {"job_id": args.job_id, "status": jobs.request_cancel(ctx.settings, args.job_id)}
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from tqdm import tqdm
 
 from core import jobs
-from core.db import get_engine, session_scope
+from core.db import session_scope
 from core.errors import NotFound
-from core.models import Image, Job, Subject, User
+from core.models import Image, Job, Subject
+from core.people import person
 from core.settings import Settings
 from core.storage import storage_from_settings
 
@@ -32,18 +32,8 @@ CLI_PLATFORM = "cli"
 def cli_user(settings: Settings) -> int:
     """The terminal's person: (cli, login name), created on first use."""
     login = getpass.getuser()
-    dialect = sqlite if get_engine(settings).dialect.name == "sqlite" else postgresql
     with session_scope(settings) as s:
-        s.execute(
-            dialect.insert(User)
-            .values(platform=CLI_PLATFORM, platform_user_id=login, display_name=login, is_blocked=False)
-            .on_conflict_do_nothing()
-        )
-        user_id = s.scalar(
-            select(User.id).where(User.platform == CLI_PLATFORM, User.platform_user_id == login)
-        )
-    assert user_id is not None
-    return user_id
+        return person(s, CLI_PLATFORM, login, login).id
 
 
 def subject_ids_by_name(settings: Settings, user_id: int, names: list[str]) -> list[int]:

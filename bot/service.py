@@ -19,7 +19,6 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from agent import tools as agent_tools
@@ -27,10 +26,12 @@ from agent.loop import handle_message
 from bot import privacy
 from bot.cards import Button, parse_button_id, parse_forget_id
 from core import jobs, quotas
-from core.db import get_engine, session_scope
+from core.db import insert_or_merge, session_scope
 from core.dbclock import db_now
 from core.errors import NotFound, UserFacingError
 from core.models import Conversation, Job, PlatformEvent, Subject, User
+from core.ownership import NotYours, own_job
+from core.people import person
 from core.photo_quality import PhotoReport
 from core.photos import check_photo
 from core.settings import Settings
@@ -219,28 +220,14 @@ class ConversationService:
 
     def _who_and_where(self, origin: Origin) -> tuple[int, int]:
         """The person (created on first contact) and the conversation record to post to."""
-        dialect = sqlite if get_engine(self.settings).dialect.name == "sqlite" else postgresql
         with session_scope(self.settings) as s:
-            s.execute(
-                dialect.insert(User)
-                .values(
-                    platform=origin.platform,
-                    platform_user_id=origin.user_id,
-                    display_name=origin.display_name,
-                    is_blocked=False,
-                )
-                .on_conflict_do_nothing()
-            )
-            user = s.scalar(
-                select(User).where(User.platform == origin.platform, User.platform_user_id == origin.user_id)
-            )
-            assert user is not None
+            user = person(s, origin.platform, origin.user_id, origin.display_name)
             if user.is_blocked:
                 raise UserFacingError(
                     "Sorry, your account can't use dreambot. Ask an admin if this is a mistake."
                 )
             s.execute(
-                dialect.insert(Conversation)
+                insert_or_merge(s, Conversation)
                 .values(
                     platform=origin.platform,
                     channel_id=origin.channel_id,
@@ -352,10 +339,10 @@ class ConversationService:
 
     def _own_job(self, ctx: agent_tools.ToolContext, job_id: int) -> Job:
         with session_scope(self.settings) as s:
-            job = s.get(Job, job_id)
-            if job is None or job.owner_id != ctx.user_id:
-                raise UserFacingError("That isn't one of your pictures, so I can't change it.")
-            return job
+            try:
+                return own_job(s, ctx.user_id, job_id)
+            except NotYours:  # said to the person, not to the model
+                raise UserFacingError("That isn't one of your pictures, so I can't change it.") from None
 
     def _reroll(self, ctx: agent_tools.ToolContext, job_id: int) -> dict[str, Any]:
         job = self._own_job(ctx, job_id)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -86,3 +87,10 @@ def rows_changed(session: Session, statement: Executable) -> int:
     result = session.execute(statement)
     assert isinstance(result, CursorResult), "rows_changed takes an UPDATE or DELETE"
     return result.rowcount
+
+
+def insert_or_merge(session: Session, model: Any) -> sqlite.Insert | postgresql.Insert:
+    """An INSERT that can take `.on_conflict_do_nothing()` / `.on_conflict_do_update()`:
+    both databases we run on spell it the same, but each dialect has its own statement."""
+    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
+    return dialect.insert(model)

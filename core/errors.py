@@ -11,6 +11,11 @@ class UserFacingError(DreambotError):
     """Safe to show in chat as it is: says what went wrong and what to do."""
 
 
+class Refused(UserFacingError):
+    """A request this person may not make (or not yet): someone else's item, an untrained
+    subject, a hidden image. The agent relays it to the model as a tool error."""
+
+
 class QuotaExceeded(UserFacingError):
     pass
 

@@ -16,9 +16,8 @@ from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from sqlalchemy import update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from core.db import dispose_engines, get_engine, session_scope
+from core.db import dispose_engines, insert_or_merge, session_scope
 from core.dbclock import db_now
 from core.logs import install_celery_hooks
 from core.models import Worker
@@ -70,9 +69,8 @@ def _after_fork(**_: Any) -> None:
 
 
 def _record_presence(name: str, queues: str, info: dict[str, Any]) -> None:
-    dialect = sqlite if get_engine(settings).dialect.name == "sqlite" else postgresql
     with session_scope(settings) as session:
-        stmt = dialect.insert(Worker).values(
+        stmt = insert_or_merge(session, Worker).values(
             name=name, hostname=info.get("hostname", ""), queues=queues, info=info
         )
         session.execute(

@@ -23,9 +23,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from core.db import get_engine, rows_changed, session_scope
+from core.db import insert_or_merge, rows_changed, session_scope
 from core.dbclock import db_now
 from core.models import Worker
 from core.queue import SAMPLE, TRAIN
@@ -81,9 +80,8 @@ def record_state(settings: Settings, name: str, state: str, warmup: dict[str, An
     with session_scope(settings) as session:
         if rows_changed(session, update(Worker).where(Worker.name == name).values(**values)):
             return
-        dialect = sqlite if get_engine(settings).dialect.name == "sqlite" else postgresql
         row = dict(name=name, hostname=name.partition("@")[2], queues=queues, info={}, **values)
-        session.execute(dialect.insert(Worker).values(**row).on_conflict_do_update(
+        session.execute(insert_or_merge(session, Worker).values(**row).on_conflict_do_update(
             index_elements=["name"], set_=values))  # fmt: skip
 
 
