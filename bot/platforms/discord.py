@@ -38,7 +38,7 @@ from bot.platforms.discord_convert import (
     without_mention,
 )
 from bot.platforms.discord_poster import DiscordPoster
-from bot.platforms.discord_transport import install, routed_webhooks
+from bot.platforms.discord_transport import Endpoints, pointed_at
 from bot.platforms.downloads import Attached, DownloadRefused, Source, download_all
 from bot.service import ConversationService, Reply, Upload
 from bot.up_console import announce
@@ -84,18 +84,17 @@ class DiscordAdapter:
         assert settings.discord_token is not None, "DREAMBOT_DISCORD_TOKEN is not set"
         self.settings = settings
         self.service = service
-        self.api_base = settings.discord_api_base
+        self.endpoints = Endpoints(settings.discord_api_base, settings.discord_gateway_url)
         self.message_content = settings.discord_message_content
         self._session: aiohttp.ClientSession | None = None  # attachment downloads
         self.client = self._build_client()
-        self.poster = DiscordPoster(self.client, self.api_base, settings.discord_max_upload_bytes)
+        self.poster = DiscordPoster(self.client, settings.discord_max_upload_bytes)
 
     def _build_client(self) -> _Client:
         intents = discord.Intents.default()
         intents.message_content = self.message_content
         client = _Client(self, intents)
-        self.http = install(client, self.api_base, self.settings.discord_gateway_url)
-        self.tree = app_commands.CommandTree(client)  # after install(): the tree keeps client.http
+        self.tree = app_commands.CommandTree(client)
         discord_commands.register(self.tree, self)
         self.tree.on_error = self._command_failed  # type: ignore[method-assign]
         return client
@@ -104,51 +103,53 @@ class DiscordAdapter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect until `stop` is set. A refused message-content intent falls back to mentions;
-        an unreachable Discord is retried with backoff; a refused token stops only this adapter."""
+        an unreachable Discord is retried with backoff; a refused token stops only this adapter.
+        A configured API base or gateway is set for the whole process while this runs."""
         assert self.settings.discord_token is not None
         token = self.settings.discord_token.get_secret_value()
         try:
-            await self._connect(stop, token)
+            with pointed_at(self.endpoints):
+                await self._connect(stop, token)
         finally:
             if self._session is not None:
                 await self._session.close()
 
     async def _connect(self, stop: asyncio.Event, token: str) -> None:
         failures = 0
-        with routed_webhooks(self.api_base):  # the client's tasks inherit this context
-            while not stop.is_set():
-                client = asyncio.create_task(self.client.start(token), name="discord-client")
-                stopping = asyncio.create_task(stop.wait())
-                await asyncio.wait({client, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                stopping.cancel()
-                if not client.done():
-                    await self.client.close()
-                try:
-                    await client
-                    return
-                except discord.LoginFailure:
-                    log.error("Discord refused DREAMBOT_DISCORD_TOKEN; the Discord adapter is off.")
-                    return
-                except discord.PrivilegedIntentsRequired:
-                    if not self.message_content:
-                        raise
-                    log.warning(
-                        "Discord refused the message-content intent; answering mentions and DMs only. "
-                        "Enable it in the developer portal (Bot → Privileged Gateway Intents) to chat freely."
-                    )
-                    self.message_content = False
-                except (OSError, aiohttp.ClientError, discord.HTTPException, discord.GatewayNotFound) as exc:
-                    failures += 1
-                    log.warning("Discord unreachable (%s); retrying", exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), min(60.0, 2.0**failures))
+        while not stop.is_set():
+            client = asyncio.create_task(self.client.start(token), name="discord-client")
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({client, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not client.done():
                 await self.client.close()
-                self.client = self._build_client()  # a closed client is not reused
-                self.poster.client = self.client
+            try:
+                await client
+                return
+            except discord.LoginFailure:
+                log.error("Discord refused DREAMBOT_DISCORD_TOKEN; the Discord adapter is off.")
+                return
+            except discord.PrivilegedIntentsRequired:
+                if not self.message_content:
+                    raise
+                log.warning(
+                    "Discord refused the message-content intent; answering mentions and DMs only. "
+                    "Enable it in the developer portal (Bot → Privileged Gateway Intents) to chat freely."
+                )
+                self.message_content = False
+            except (OSError, aiohttp.ClientError, discord.HTTPException, discord.GatewayNotFound) as exc:
+                failures += 1
+                log.warning("Discord unreachable (%s); retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(60.0, 2.0**failures))
+            await self.client.close()
+            self.client = self._build_client()  # a closed client is not reused
+            self.poster.client = self.client
 
     async def on_setup(self) -> None:
         """After login, before the gateway: find the gateway and register the commands."""
-        await self.http.resolve_gateway()
+        assert self.settings.discord_token is not None
+        await self.endpoints.find_gateway(self.settings.discord_token.get_secret_value())
         await self.tree.sync()
 
     # -- slash commands (called by discord_commands) ---------------------------------------

@@ -3,11 +3,15 @@
 While a conversation's interaction token is valid (15 minutes), messages go out as
 interaction follow-ups (they need no channel permission); afterwards, and whenever the
 token is refused, as ordinary channel messages. Channel messages carry delivery's nonce
-with `enforce_nonce`, so Discord itself returns the first message if the same nonce is
-posted again within a few minutes; `find` also looks for the nonce among recent messages.
+(discord.py's `send(nonce=...)` always sends it with `enforce_nonce`), so Discord itself
+returns the first message if the same nonce is posted again within a few minutes; `find`
+also looks for the nonce among recent messages.
 Webhook follow-ups cannot carry a nonce: `find` recognises an images follow-up by its
 files (their names are the job's), so only a card follow-up can be repeated by a crash
 between its post and the commit.
+
+Only discord.py's public API is used here (channels, messages, webhooks); where its
+requests go is set once for the process by `discord_transport`.
 """
 
 from __future__ import annotations
@@ -19,8 +23,6 @@ from typing import Any
 
 import aiohttp
 import discord
-from discord.http import handle_message_parameters
-from discord.utils import DEFAULT_FILE_SIZE_LIMIT_BYTES
 
 from bot.delivery import DeliveryError, OutMessage, Target
 from bot.platforms.discord_convert import (
@@ -31,12 +33,12 @@ from bot.platforms.discord_convert import (
     view_of,
     where_to_post,
 )
-from bot.platforms.discord_transport import routed_webhooks
 
 log = logging.getLogger(__name__)
 
 RECENT = 50  # how many recent channel messages `find` looks through
 GONE_TOKEN = {401, 404}  # an expired or unknown interaction token
+BASE_UPLOAD_LIMIT = 10 * 1024 * 1024  # bytes per message in DMs and unboosted guilds
 
 
 def _delivery_error(exc: Exception) -> DeliveryError:
@@ -51,9 +53,8 @@ def _delivery_error(exc: Exception) -> DeliveryError:
 
 
 class DiscordPoster:
-    def __init__(self, client: discord.Client, api_base: str, upload_limit: int | None = None) -> None:
+    def __init__(self, client: discord.Client, upload_limit: int | None = None) -> None:
         self.client = client
-        self.api_base = api_base
         self.upload_limit = upload_limit
 
     def limit_for(self, channel_id: int) -> int:
@@ -62,7 +63,7 @@ class DiscordPoster:
             return self.upload_limit
         channel = self.client.get_channel(channel_id)
         guild = getattr(channel, "guild", None)
-        return guild.filesize_limit if guild is not None else DEFAULT_FILE_SIZE_LIMIT_BYTES
+        return guild.filesize_limit if guild is not None else BASE_UPLOAD_LIMIT
 
     # -- Poster ---------------------------------------------------------------------------
 
@@ -97,43 +98,45 @@ class DiscordPoster:
         try:
             if target.interaction_valid and target.interaction_token:
                 try:
-                    with routed_webhooks(self.api_base):
-                        await self._webhook(target).edit_message(int(message_id), **kwargs())
+                    await self._webhook(target).edit_message(int(message_id), **kwargs())
                     return
                 except discord.HTTPException as exc:
                     if exc.status not in GONE_TOKEN:
                         raise
             channel_id = where_to_post(target.channel_id, target.thread_id)
-            with handle_message_parameters(**kwargs()) as params:
-                await self.client.http.edit_message(channel_id, int(message_id), params=params)
+            await self._message(channel_id, int(message_id)).edit(**kwargs())
         except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
             raise _delivery_error(exc) from exc
 
     async def find(self, target: Target, nonce: str, message: OutMessage) -> str | None:
         channel_id = where_to_post(target.channel_id, target.thread_id)
         me = self.client.user.id if self.client.user else None
+        channel = self.client.get_partial_messageable(channel_id)
         try:
-            recent = await self.client.http.logs_from(channel_id, RECENT)
+            recent = [m async for m in channel.history(limit=RECENT)]
         except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
             raise _delivery_error(exc) from exc
         # File names without extensions: fitting the upload limit may re-encode PNG as WebP/JPEG.
         stems = {PurePath(name).stem for name, _ in message.files}
-        for data in recent:
-            if me is not None and int(data["author"]["id"]) != me:
+        for sent in recent:
+            if me is not None and sent.author.id != me:
                 continue
-            if str(data.get("nonce")) == nonce:
-                return str(data["id"])
-            got = {PurePath(a.get("filename", "")).stem for a in data.get("attachments") or []}
+            if sent.nonce is not None and str(sent.nonce) == nonce:
+                return str(sent.id)
+            got = {PurePath(a.filename).stem for a in sent.attachments}
             if stems and got and got <= stems:  # a follow-up with this job's pictures (no nonce)
-                return str(data["id"])
+                return str(sent.id)
         return None
 
     async def delete(self, channel_id: int, message_id: int) -> None:
         """Remove a result message ("delete" pressed); already gone is fine."""
         with contextlib.suppress(discord.NotFound):
-            await self.client.http.delete_message(channel_id, message_id)
+            await self._message(channel_id, message_id).delete()
 
     # -- transport ------------------------------------------------------------------------
+
+    def _message(self, channel_id: int, message_id: int) -> discord.PartialMessage:
+        return self.client.get_partial_messageable(channel_id).get_partial_message(message_id)
 
     def _webhook(self, target: Target) -> discord.Webhook:
         app_id = self.client.application_id
@@ -150,25 +153,24 @@ class DiscordPoster:
         nonce: str,
     ) -> str:
         # discord.py closes the File objects after each request: build them per attempt.
+        extra: dict[str, Any] = {"view": view} if view is not None else {}  # None is no view
         try:
             if target.interaction_valid and target.interaction_token:
                 try:
-                    extra: dict[str, Any] = {"view": view} if view is not None else {}
-                    with routed_webhooks(self.api_base):
-                        sent = await self._webhook(target).send(
-                            text or discord.utils.MISSING,
-                            files=[f.to_discord() for f in files],
-                            wait=True,
-                            **extra,
-                        )
+                    sent = await self._webhook(target).send(
+                        text or discord.utils.MISSING,
+                        files=[f.to_discord() for f in files],
+                        wait=True,
+                        **extra,
+                    )
                     return str(sent.id)
                 except discord.HTTPException as exc:
                     if exc.status not in GONE_TOKEN:
                         raise
                     log.info("interaction token refused (%s); posting to the channel", exc.status)
-            kwargs: dict[str, Any] = dict(content=text, files=[f.to_discord() for f in files], view=view)
-            with handle_message_parameters(nonce=nonce, **kwargs) as params:
-                data = await self.client.http.send_message(channel_id, params=params)
-            return str(data["id"])
+            posted = await self.client.get_partial_messageable(channel_id).send(
+                content=text, files=[f.to_discord() for f in files], nonce=nonce, **extra
+            )
+            return str(posted.id)
         except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
             raise _delivery_error(exc) from exc

@@ -1,110 +1,71 @@
-"""Pointing the real discord.py client at another REST base and gateway, per client.
+"""Pointing discord.py at another Discord (a REST proxy, or a local fake in tests).
 
-discord.py builds every REST URL as `Route.BASE + path`, where `Route.BASE` is a class
-attribute (the library itself reassigns it to switch API versions), and connects the
-gateway to `DiscordWebSocket.DEFAULT_GATEWAY`. Setting those globals would redirect every
-client in the process. Instead each client gets a `RoutedHTTPClient`, which rewrites the
-URL of each request at the two places where discord.py sends it:
+discord.py builds every REST URL as `Route.BASE + path` (the bot's own calls and the
+webhook adapter that interaction callbacks and follow-ups use alike), and a `Client`
+opens its gateway at `DiscordWebSocket.DEFAULT_GATEWAY` (it never asks GET /gateway/bot).
+Those two class attributes are the library's module-level settings (it reassigns
+`Route.BASE` itself to switch API versions), so they are the whole seam: `pointed_at()`
+sets them while the adapter runs and puts them back afterwards.
 
-* `HTTPClient.request` (all bot REST calls) and `HTTPClient.ws_connect` (the gateway);
-* the webhook adapter that interaction callbacks and follow-ups use. discord.py picks it
-  from the `async_context` context variable (its designed seam for swapping adapters), so
-  `routed_webhooks()` sets a rewriting adapter for the current task and the tasks it starts.
-
-Nothing else is patched, and a client with the default settings behaves exactly as stock.
+They are process-wide: every discord.py client in the process follows them, so one process
+talks to one Discord. With the default API base and no gateway URL nothing is touched and
+discord.py runs exactly as shipped.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 import aiohttp
-import discord
 import yarl
 from discord.gateway import DiscordWebSocket
-from discord.http import HTTPClient, Route
-from discord.webhook.async_ import AsyncWebhookAdapter, async_context
+from discord.http import Route
 
-DEFAULT_API_BASE = Route.BASE
-
-
-def _rebase(url: str, api_base: str) -> str:
-    if api_base != DEFAULT_API_BASE and url.startswith(DEFAULT_API_BASE):
-        return api_base + url[len(DEFAULT_API_BASE) :]
-    return url
+STOCK_API_BASE = Route.BASE  # what discord.py ships with, read before anything moves it
 
 
-class RoutedHTTPClient(HTTPClient):
-    """discord.py's HTTP client with its own REST base and gateway URL."""
+class Endpoints:
+    """Where the adapter's Discord lives; `gateway_url` None: asked from the API when needed."""
 
-    def __init__(self, *args: Any, api_base: str, gateway_url: str | None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, api_base: str, gateway_url: str | None) -> None:
         self.api_base = api_base.rstrip("/")
-        self.gateway_url = gateway_url  # None: asked from GET /gateway/bot after login
+        self.gateway_url = gateway_url
 
-    async def request(self, route: Route, **kwargs: Any) -> Any:
-        route.url = _rebase(route.url, self.api_base)
-        return await super().request(route, **kwargs)
+    @property
+    def moved(self) -> bool:
+        """Whether REST calls go somewhere other than discord.py's own base."""
+        return self.api_base != STOCK_API_BASE
 
-    async def ws_connect(self, url: str, *, compress: int = 0) -> aiohttp.ClientWebSocketResponse:
-        # discord.py connects to DEFAULT_GATEWAY (plus ?v=&encoding=) for a new session and
-        # to READY's resume_gateway_url when resuming; only the former is ours to replace.
-        default = str(DiscordWebSocket.DEFAULT_GATEWAY).rstrip("/")
-        if self.gateway_url and url.startswith(default):
-            query = yarl.URL(url).query
-            url = str(yarl.URL(self.gateway_url).update_query(query))
-        return await super().ws_connect(url, compress=compress)
-
-    async def resolve_gateway(self) -> None:
-        """Ask the API where its gateway is, as Discord asks clients to (GET /gateway/bot)."""
-        if self.gateway_url is None and self.api_base != DEFAULT_API_BASE:
-            _, url, _ = await self.get_bot_gateway()
-            self.gateway_url = url
-
-
-class RoutedWebhookAdapter(AsyncWebhookAdapter):
-    """The interaction/webhook adapter with the client's REST base."""
-
-    def __init__(self, api_base: str) -> None:
-        super().__init__()
-        self.api_base = api_base.rstrip("/")
-
-    async def request(self, route: Route, *args: Any, **kwargs: Any) -> Any:
-        route.url = _rebase(route.url, self.api_base)
-        return await super().request(route, *args, **kwargs)
-
-
-def install(client: discord.Client, api_base: str, gateway_url: str | None) -> RoutedHTTPClient:
-    """Give `client` (just constructed, not logged in) a routed HTTP client."""
-    old = client.http
-    http = RoutedHTTPClient(
-        old.loop,
-        old.connector if old.connector is not discord.utils.MISSING else None,
-        proxy=old.proxy,
-        proxy_auth=old.proxy_auth,
-        unsync_clock=not old.use_clock,
-        http_trace=old.http_trace,
-        max_ratelimit_timeout=old.max_ratelimit_timeout,
-        api_base=api_base,
-        gateway_url=gateway_url,
-    )
-    # The client and its connection state are the only holders at this point; a
-    # CommandTree must be created afterwards (it keeps a reference too).
-    client.http = http
-    client._connection.http = http
-    return http
+    async def find_gateway(self, token: str) -> None:
+        """On a moved API without a named gateway, ask it (GET /gateway/bot, as Discord asks
+        bots to) and point discord.py there. Call inside `pointed_at()`, after login."""
+        if self.gateway_url is not None or not self.moved:
+            return
+        headers = {"Authorization": f"Bot {token}"}
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+            session.get(f"{self.api_base}/gateway/bot", headers=headers) as response,
+        ):
+            response.raise_for_status()
+            self.gateway_url = str((await response.json())["url"])
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.gateway_url)
 
 
 @contextlib.contextmanager
-def routed_webhooks(api_base: str) -> Iterator[None]:
-    """Route interaction callbacks and webhook follow-ups made in this context."""
-    if api_base.rstrip("/") == DEFAULT_API_BASE:
-        yield
+def pointed_at(where: Endpoints) -> Iterator[None]:
+    """Point discord.py's REST base (and gateway, when named) at `where` for this block, for
+    the whole process; restored on exit. Refuses a second, different Discord in one process."""
+    saved = Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
+    if not where.moved and where.gateway_url is None:
+        yield  # the default: discord.py untouched
         return
-    token = async_context.set(RoutedWebhookAdapter(api_base))
+    if saved[0] not in (STOCK_API_BASE, where.api_base):
+        raise RuntimeError(f"discord.py already points at {saved[0]}; one Discord per process")
+    Route.BASE = where.api_base
+    if where.gateway_url is not None:
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(where.gateway_url)
     try:
         yield
     finally:
-        async_context.reset(token)
+        Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved

@@ -1,7 +1,9 @@
-"""Endpoints are per-client settings; the message-content intent is optional."""
+"""Endpoints are one setting for the process, discord.py is untouched by default; the
+message-content intent is optional."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import signal
@@ -10,12 +12,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import discord.utils
 import pytest
-from discord.http import Route
+from discord.gateway import DiscordWebSocket
+from discord.http import HTTPClient, Route
+from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 from pydantic import SecretStr
 
 from bot.platforms.discord import DiscordAdapter
+from bot.platforms.discord_transport import Endpoints, pointed_at
 from bot.service import ConversationService
 from core.settings import Settings
 from tests.helpers.discord_bot import discord_settings, running_bot, wait_until
@@ -23,6 +30,11 @@ from tests.helpers.fake_discord import TOKEN, FakeDiscord
 from tests.helpers.fake_discord_payloads import MESSAGE_CONTENT_INTENT
 from tests.helpers.fake_llm import FakeLLM
 from tests.helpers.profile import settings_env
+
+STOCK = (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)  # discord.py as shipped
+PLATFORMS = Path(__file__).parents[2] / "bot" / "platforms"
+DISCORD_MODULES = [p.name for p in PLATFORMS.glob("discord*.py")]
+INTERNAL_MODULES = {"http", "gateway", "state", "webhook", "async_", "handle_message_parameters"}
 
 
 @pytest.fixture
@@ -33,20 +45,17 @@ def fakes() -> Iterator[tuple[FakeDiscord, FakeDiscord]]:
     b.stop()
 
 
-async def test_two_clients_in_one_process_each_talk_to_their_own_discord(
+async def test_each_run_talks_to_the_discord_it_names_and_puts_discord_py_back(
     sqlite_settings: Settings, fakes: tuple[FakeDiscord, FakeDiscord]
 ) -> None:
+    """The endpoints are process-wide, so the two Discords are served one after the other."""
     a, b = fakes
-    alice = a.new_user("alice")
-    bob = b.new_user("bob")
     settings_a = discord_settings(sqlite_settings, a)  # gateway asked from GET /gateway/bot
     settings_b = discord_settings(sqlite_settings, b, discord_gateway_url=b.gateway_url)
-    async with running_bot(settings_a, a, delivery=False), running_bot(settings_b, b, delivery=False):
-        ia = a.slash("quota", {}, alice)
-        ib = b.slash("models", {}, bob)
-        await wait_until(lambda: a.rest("PATCH", f"/{ia['token']}/messages/@original"), what="answer at a")
-        await wait_until(lambda: b.rest("PATCH", f"/{ib['token']}/messages/@original"), what="answer at b")
-    assert Route.BASE == "https://discord.com/api/v10", "no global was changed"
+    ia = await ask_once(a, settings_a, "quota")
+    assert (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY) == STOCK, "discord.py put back"
+    ib = await ask_once(b, settings_b, "models")
+    assert (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY) == STOCK, "discord.py put back"
     for fake in (a, b):
         assert len(fake.identifies) == 1 and len(fake.rest("PUT", "/commands$")) == 1
         names = {c["name"] for c in fake.commands}
@@ -58,6 +67,85 @@ async def test_two_clients_in_one_process_each_talk_to_their_own_discord(
     assert "Today:" in a.rest("PATCH", "/messages/@original")[0].json["content"]
     assert "no subjects yet" in b.rest("PATCH", "/messages/@original")[0].json["content"]
     assert not a.rest(path=ib["token"]) and not b.rest(path=ia["token"])
+
+
+async def ask_once(fake: FakeDiscord, settings: Settings, command: str) -> dict[str, Any]:
+    """Run the bot against `fake` (discord.py pointed there meanwhile) until `command` is answered."""
+    async with running_bot(settings, fake, delivery=False):
+        assert fake.api_base == Route.BASE
+        assert str(DiscordWebSocket.DEFAULT_GATEWAY) == fake.gateway_url
+        inter = fake.slash(command, {}, fake.new_user("alice"))
+        await wait_until(
+            lambda: fake.rest("PATCH", f"/{inter['token']}/messages/@original"), what=f"the /{command} answer"
+        )
+    return inter
+
+
+def test_a_second_discord_in_one_process_is_refused() -> None:
+    first, other = "http://127.0.0.1:1/api/v10", "http://127.0.0.1:2/api/v10"
+    with pointed_at(Endpoints(first, None)):
+        refused = pointed_at(Endpoints(other, None))
+        with pytest.raises(RuntimeError, match="one Discord per process"), refused:
+            pass
+        with pointed_at(Endpoints(first + "/", "ws://127.0.0.1:1/gateway")):  # the same one again: fine
+            assert first == Route.BASE
+        assert (first, STOCK[1]) == (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)
+    assert (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY) == STOCK
+
+
+def test_with_the_default_settings_discord_py_runs_as_shipped(sqlite_settings: Settings) -> None:
+    defaults = {
+        name: Settings.model_fields[name].default for name in ("discord_api_base", "discord_gateway_url")
+    }
+    settings = sqlite_settings.model_copy(update={"discord_token": SecretStr(TOKEN), **defaults})
+    adapter = DiscordAdapter(settings, ConversationService(settings))
+    http = adapter.client.http
+    assert type(http) is HTTPClient and adapter.client._connection.http is http
+    with pointed_at(adapter.endpoints):
+        assert Route.BASE is STOCK[0] and DiscordWebSocket.DEFAULT_GATEWAY is STOCK[1]
+        assert type(async_context.get()) is AsyncWebhookAdapter
+    assert Route.BASE is STOCK[0] and DiscordWebSocket.DEFAULT_GATEWAY is STOCK[1]
+
+
+@pytest.mark.parametrize("module", sorted(set(DISCORD_MODULES) - {"discord_transport.py"}))
+def test_discord_code_outside_the_transport_uses_only_public_discord_py(module: str) -> None:
+    """Only `discord_transport` may touch discord.py's module-level endpoints; the rest (the
+    poster above all) imports no private name or internal module and reaches no internals."""
+    tree = ast.parse((PLATFORMS / module).read_text())
+    used: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("discord"):
+            used += [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            used += [alias.name for alias in node.names if alias.name.startswith("discord")]
+        elif isinstance(node, ast.Attribute):
+            used.append(dotted(node))
+    private = [name for name in used if not public(name)]
+    assert not private, f"{module} reaches into discord.py: {private}"
+
+
+def dotted(node: ast.Attribute) -> str:
+    """`a.b.c` for an attribute chain (`?` for a root that is not a name, e.g. a call)."""
+    parts = [node.attr]
+    value = node.value
+    while isinstance(value, ast.Attribute):
+        parts.append(value.attr)
+        value = value.value
+    return ".".join([getattr(value, "id", "?"), *reversed(parts)])
+
+
+def public(name: str) -> bool:
+    root, *rest = name.split(".")
+    if root in ("self", "cls"):
+        rest = rest[1:]  # a class's own attributes may be private; what it reaches through them not
+    hidden = [p for p in rest if p.startswith("_") and not p.endswith("__")]
+    if hidden or "http" in rest:  # client.http: discord.py's internal HTTPClient
+        return False
+    if root != "discord":
+        return True
+    if rest[:1] == ["utils"]:
+        return rest[1:2] == [] or rest[1] in discord.utils.__all__
+    return not set(rest) & INTERNAL_MODULES
 
 
 async def test_refused_message_content_intent_falls_back_to_mentions(
