@@ -17,10 +17,12 @@ from sqlalchemy import select
 from agent.basic_intent import Intent, Known, interpret
 from agent.chat_mode import ENABLE_HINT
 from agent.toolcalls import ToolCall
-from agent.tools import ToolContext, run_tool, submit_sample
+from agent.tools import ToolContext, run_tool
+from core.actions import images
+from core.actions.subjects import list_subjects
 from core.db import session_scope
 from core.errors import UserFacingError
-from core.models import ConversationMessage, Image, Job, Subject
+from core.models import ConversationMessage, Image, Job
 from core.subjects import MAX_PHOTOS, MIN_PHOTOS, kind_of
 
 NO_LLM_NOTE = f"(Basic mode — {ENABLE_HINT}.)"
@@ -50,24 +52,20 @@ def respond(ctx: ToolContext, text: str, n_photos: int, *, llm_problem: str | No
 
 def _known(ctx: ToolContext) -> tuple[list[Known], str]:
     """The person's subjects and basic mode's last reply in this thread (an offer to train)."""
+    subjects = [Known(r.id, r.name, r.class_noun, r.trained) for r in list_subjects(ctx)]
+    if ctx.conversation_id is None:
+        return subjects, ""
     with session_scope(ctx.settings) as s:
-        rows = s.scalars(select(Subject).where(Subject.owner_id == ctx.user_id).order_by(Subject.id))
-        subjects = [Known(r.id, r.name, r.class_noun, bool(r.artifact_key)) for r in rows]
-        offer = ""
-        if ctx.conversation_id is not None:
-            offer = (
-                s.scalar(
-                    select(ConversationMessage.content)
-                    .where(
-                        ConversationMessage.conversation_id == ctx.conversation_id,
-                        ConversationMessage.role == "assistant",
-                    )
-                    .order_by(ConversationMessage.id.desc())
-                    .limit(1)
-                )
-                or ""
+        offer = s.scalar(
+            select(ConversationMessage.content)
+            .where(
+                ConversationMessage.conversation_id == ctx.conversation_id,
+                ConversationMessage.role == "assistant",
             )
-    return subjects, offer
+            .order_by(ConversationMessage.id.desc())
+            .limit(1)
+        )
+    return subjects, offer or ""
 
 
 def _tool(ctx: ToolContext, tool: str, /, **arguments: Any) -> dict[str, Any]:
@@ -101,22 +99,10 @@ def _generate(ctx: ToolContext, intent: Intent, _n: int, subjects: list[Known]) 
 
 
 def _again(ctx: ToolContext, intent: Intent, _n: int, _s: list[Known]) -> str:
-    with session_scope(ctx.settings) as s:
-        jobs = s.scalars(
-            select(Job)
-            .where(Job.owner_id == ctx.user_id, Job.kind == "sample")
-            .order_by(Job.id.desc())
-            .limit(20)
-        )
-        last = next((j for j in jobs if not (j.params or {}).get("upscale_of")), None)
-        params = dict(last.params or {}) if last else {}
-    if not params:
+    started = images.again(ctx, intent.n)
+    if started is None:
         return "There's nothing to repeat yet — ask for a picture first, e.g. “put Rex on the moon”."
-    params.pop("seed", None)  # new seeds: new pictures
-    if intent.n:
-        params["n"] = intent.n
-    out = submit_sample(ctx, params, list(params.get("subject_ids", [])))
-    return f"Again: {_pictures(out['n'])} coming up (job #{out['job_id']})."
+    return f"Again: {_pictures(started.n)} coming up (job #{started.job_id})."
 
 
 def _bigger(ctx: ToolContext, _i: Intent, _n: int, _s: list[Known]) -> str:

@@ -1,23 +1,22 @@
-"""The agent's tools: a pydantic argument model and a function acting through `core` each.
+"""The agent's tools: ToolCall → pydantic arguments → an action in `core.actions` → the
+dict the model reads.
 
-Whatever the model asks for, these functions act only for the person who spoke
-(`ToolContext.user_id`): every subject, image and job is checked against its owner in
-code, quotas are checked by `core.jobs.submit`, and there are no admin tools. Errors come
-back as a `tool_output` the model can read and recover from.
+Whatever the model asks for, the actions act only for the person who spoke
+(`ToolContext.user_id`): every subject, image and job is checked against its owner there,
+quotas are checked by `core.jobs.submit`, and there are no admin tools. Errors come back as
+a `tool_output` the model can read and recover from.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from agent.memory import latest_photos
-from agent.scene import SubjectRef, scene_prompt
 from agent.tool_args import (
     Args,
     DescribePhotosArgs,
@@ -30,55 +29,23 @@ from agent.tool_args import (
     VaryImageArgs,
 )
 from agent.toolcalls import ToolCall
-from core import jobs
-from core.db import session_scope
+from core.actions import images, jobs, people, subjects
+from core.actions.actor import Actor
+from core.actions.images import JobStarted
+from core.actions.jobs import JobView
+from core.actions.ownership import NotYours
 from core.errors import Refused, UserFacingError
-from core.models import Job, Subject, User
-from core.ownership import own_image, own_job, own_subjects
-from core.photos import PhotoRejected, check_photo
-from core.quotas import usage
-from core.sample_request import parse_sample_request
-from core.settings import Settings
+from core.photos import PhotoRejected
 from core.storage import storage_from_settings
-from core.subjects import (
-    MAX_PHOTOS,
-    MIN_PHOTOS,
-    PhotosNeedConfirmation,
-    coach_photos,
-    kind_of,
-    start_training,
-)
+from core.subjects import MAX_PHOTOS, MIN_PHOTOS, PhotosNeedConfirmation, kind_of
 
 log = logging.getLogger(__name__)
-
-ASPECTS = {"square": (None, None), "portrait": (512, 768), "landscape": (768, 512)}
-
 
 # A refusal or failure the model should explain to the person (not a format mistake); the
 # ownership checks in core raise the same class.
 ToolError = Refused
-
-
-@dataclass
-class ToolContext:
-    """Who is asking, where, and what this platform event has already started."""
-
-    settings: Settings
-    user_id: int
-    conversation_id: int | None
-    event_key: str | None
-    job_ids: list[int] = field(default_factory=list)
-    side_effects: int = 0
-
-    def next_key(self) -> str | None:
-        """`platform:event_id:n` for the n-th side effect of this event, the same on a redelivery.
-
-        Only a side effect that happened counts (`done`), so a refused call shifts nothing."""
-        return f"{self.event_key}:{self.side_effects + 1}" if self.event_key else None
-
-    def done(self, job_id: int) -> None:
-        self.side_effects += 1
-        self.job_ids.append(job_id)
+# Who is asking, where, and what this platform event has already started.
+ToolContext = Actor
 
 
 @dataclass
@@ -102,27 +69,27 @@ class Tool:
         return {"name": self.name, "description": self.description, "parameters": schema}
 
 
-# -- helpers -------------------------------------------------------------------------------
+# -- views: what the model reads -------------------------------------------------------------
 
 
-def submit_sample(ctx: ToolContext, params: dict[str, Any], subject_ids: list[int]) -> dict[str, Any]:
-    request = parse_sample_request(params)  # InvalidSampleRequest is a UserFacingError
-    job = jobs.submit(
-        ctx.settings,
-        kind="sample",
-        params=request.model_dump(mode="json", exclude_none=True),
-        owner_id=ctx.user_id,
-        subject_ids=subject_ids,
-        conversation_id=ctx.conversation_id,
-        idempotency_key=ctx.next_key(),
-    )
-    ctx.done(job.id)
+def _started(started: JobStarted) -> dict[str, Any]:
+    return {
+        "job_id": started.job_id,
+        "status": "queued",
+        "prompt": started.prompt,
+        "n": started.n,
+        "note": "The images will be posted in this chat when they are ready.",
+    }
+
+
+def _job_view(job: JobView) -> dict[str, Any]:
     return {
         "job_id": job.id,
-        "status": "queued",
-        "prompt": request.prompt,
-        "n": request.n,
-        "note": "The images will be posted in this chat when they are ready.",
+        "kind": job.kind,
+        "status": job.status,
+        "progress": job.progress,
+        "error": job.error,
+        "image_ids": job.image_ids,
     }
 
 
@@ -130,27 +97,30 @@ def submit_sample(ctx: ToolContext, params: dict[str, Any], subject_ids: list[in
 
 
 def list_subjects(ctx: ToolContext, _: NoArgs) -> dict[str, Any]:
-    with session_scope(ctx.settings) as session:
-        rows = session.scalars(select(Subject).where(Subject.owner_id == ctx.user_id).order_by(Subject.id))
-        return {
-            "subjects": [
-                {"id": s.id, "name": s.name, "class_noun": s.class_noun, "trained": bool(s.artifact_key)}
-                for s in rows
-            ]
-        }
+    return {
+        "subjects": [
+            {"id": s.id, "name": s.name, "class_noun": s.class_noun, "trained": s.trained}
+            for s in subjects.list_subjects(ctx)
+        ]
+    }
 
 
-def _photo_check(ctx: ToolContext, keys: list[str], class_noun: str) -> dict[str, Any] | None:
+def _photos(ctx: ToolContext) -> list[tuple[bytes, str]]:
+    """The photos of the person's latest message with photos in this conversation."""
+    if ctx.conversation_id is None:
+        return []
+    storage = storage_from_settings(ctx.settings)
+    keys = latest_photos(ctx.settings, ctx.conversation_id, ctx.user_id)
+    return [(storage.read_bytes(k), k.rsplit("/", 1)[-1]) for k in keys]
+
+
+def _photo_check(ctx: ToolContext, photos: list[tuple[bytes, str]], class_noun: str) -> dict[str, Any] | None:
     """The photo coach's numbers for the photos (what /train would show), so the model does
     not rely on its own impression alone; None when a photo cannot be read."""
-    storage = storage_from_settings(ctx.settings)
-    photos = [(storage.read_bytes(k), k.rsplit("/", 1)[-1]) for k in keys[:MAX_PHOTOS]]
     try:
-        for data, name in photos:
-            check_photo(data, name)
+        report = subjects.coach(ctx.settings, photos[:MAX_PHOTOS], class_noun)
     except PhotoRejected:
         return None
-    report = coach_photos(ctx.settings, photos, class_noun)
     numbers = {"verdict", "reason", "sharpness", "relative_sharpness", "dark_share", "bright_share"}
     numbers |= {"faces", "crop_side", "copy_of"}
     return {
@@ -161,9 +131,9 @@ def _photo_check(ctx: ToolContext, keys: list[str], class_noun: str) -> dict[str
 
 
 def describe_photos(ctx: ToolContext, args: DescribePhotosArgs) -> dict[str, Any]:
-    keys = latest_photos(ctx.settings, ctx.conversation_id, ctx.user_id) if ctx.conversation_id else []
-    count = len(keys)
-    check = _photo_check(ctx, keys, args.class_noun) if keys else None
+    photos = _photos(ctx)
+    count = len(photos)
+    check = _photo_check(ctx, photos, args.class_noun) if photos else None
     warnings = [
         f"Photo {p['photo']}: {p['reason']}" for p in (check or {}).get("photos", []) if p["verdict"] != "ok"
     ]
@@ -190,26 +160,19 @@ def describe_photos(ctx: ToolContext, args: DescribePhotosArgs) -> dict[str, Any
 
 
 def train_subject(ctx: ToolContext, args: TrainSubjectArgs) -> dict[str, Any]:
-    """Train on the photos of the person's latest message with photos (core.subjects rules)."""
-    settings = ctx.settings
-    keys = latest_photos(settings, ctx.conversation_id, ctx.user_id) if ctx.conversation_id else []
-    storage = storage_from_settings(settings)
+    """Train on the photos of the person's latest message with photos."""
+    request = subjects.TrainRequest(
+        name=args.name,
+        class_noun=args.class_noun,
+        photos=_photos(ctx),
+        subject_kind=args.subject_kind,
+        consent=args.consent_confirmed,
+        confirmed=args.photos_confirmed,
+    )
     try:
-        started = start_training(
-            settings,
-            owner_id=ctx.user_id,
-            name=args.name,
-            class_noun=args.class_noun,
-            photos=[(storage.read_bytes(k), k.rsplit("/", 1)[-1]) for k in keys],
-            conversation_id=ctx.conversation_id,
-            idempotency_key=ctx.next_key(),
-            subject_kind=args.subject_kind,
-            consent=args.consent_confirmed,
-            confirmed=args.photos_confirmed,
-        )
+        started = subjects.train(ctx, request)
     except PhotosNeedConfirmation as exc:  # ask the person; "train anyway" is photos_confirmed
         return {"error": str(exc), "photos_need_confirmation": True}
-    ctx.done(started.job_id)
     if started.existing:  # this event already started it
         return {"job_id": started.job_id, "subject_id": started.subject_id, "status": "queued"}
     return {
@@ -221,85 +184,32 @@ def train_subject(ctx: ToolContext, args: TrainSubjectArgs) -> dict[str, Any]:
 
 
 def generate_images(ctx: ToolContext, args: GenerateImagesArgs) -> dict[str, Any]:
-    with session_scope(ctx.settings) as session:
-        subjects = own_subjects(session, ctx.user_id, args.subject_ids)
-        refs = [SubjectRef(s.token, s.class_noun, s.name) for s in subjects]
-    width, height = ASPECTS[args.aspect]
-    subject_ids = [s.id for s in subjects]
-    params = {
-        "prompt": scene_prompt(args.prompt, refs),
-        "negative_prompt": args.negative_prompt,
-        "subject_ids": subject_ids,
-        "n": args.n,
-        "guidance_scale": args.guidance_scale,
-        "steps": args.steps,
-        "seed": args.seed,
-        "width": width,
-        "height": height,
-    }
-    return submit_sample(ctx, {k: v for k, v in params.items() if v is not None}, subject_ids)
+    try:
+        return _started(images.generate(ctx, images.Generate.model_validate(args.model_dump())))
+    except NotYours as exc:  # the model's way out: look the ids up
+        raise NotYours(exc.kind, exc.item_id, "; use list_subjects") from None
 
 
 def vary_image(ctx: ToolContext, args: VaryImageArgs) -> dict[str, Any]:
-    with session_scope(ctx.settings) as session:
-        image, job = own_image(session, ctx.user_id, args.image_id)
-        subjects = list(job.subjects)
-        refs = [SubjectRef(s.token, s.class_noun, s.name) for s in subjects]
-        prompt = scene_prompt(args.prompt, refs) if args.prompt else image.prompt
-    subject_ids = [s.id for s in subjects]
-    params: dict[str, Any] = {
-        "prompt": prompt,
-        "subject_ids": subject_ids,
-        "n": args.n,
-        "variation_of": args.image_id,
-        "strength": args.strength,
-    }
-    if args.seed is not None:
-        params["seed"] = args.seed
-    return submit_sample(ctx, params, subject_ids)
+    return _started(images.vary(ctx, images.Vary.model_validate(args.model_dump())))
 
 
 def upscale_image(ctx: ToolContext, args: ImageArgs) -> dict[str, Any]:
-    with session_scope(ctx.settings) as session:
-        image, job = own_image(session, ctx.user_id, args.image_id)
-        ids = [s.id for s in job.subjects]
-        params = {"prompt": image.prompt, "subject_ids": ids, "n": 1, "upscale_of": args.image_id}
-    return submit_sample(ctx, params, ids)
-
-
-def _job_view(job: Job) -> dict[str, Any]:
-    return {
-        "job_id": job.id,
-        "kind": job.kind,
-        "status": job.status,
-        "progress": job.progress or {},
-        "error": job.error,
-        "image_ids": [i.id for i in job.images if i.hidden_at is None],
-    }
+    return _started(images.upscale(ctx, args.image_id))
 
 
 def job_status(ctx: ToolContext, args: OptionalJobArgs) -> dict[str, Any]:
-    with session_scope(ctx.settings) as session:
-        if args.job_id is not None:
-            return _job_view(own_job(session, ctx.user_id, args.job_id))
-        recent = session.scalars(
-            select(Job).where(Job.owner_id == ctx.user_id).order_by(Job.id.desc()).limit(5)
-        )
-        return {"recent_jobs": [_job_view(j) for j in recent]}
+    if args.job_id is not None:
+        return _job_view(jobs.status(ctx, args.job_id))
+    return {"recent_jobs": [_job_view(j) for j in jobs.recent(ctx)]}
 
 
 def cancel_job(ctx: ToolContext, args: JobArgs) -> dict[str, Any]:
-    with session_scope(ctx.settings) as session:
-        own_job(session, ctx.user_id, args.job_id)
-    return {"job_id": args.job_id, "status": jobs.request_cancel(ctx.settings, args.job_id)}
+    return {"job_id": args.job_id, "status": jobs.cancel(ctx, args.job_id)}
 
 
 def my_quota(ctx: ToolContext, _: NoArgs) -> dict[str, Any]:
-    with session_scope(ctx.settings) as session:
-        user = session.get(User, ctx.user_id)
-        if user is None:
-            raise ToolError("This person is not known yet.")
-        return asdict(usage(session, ctx.settings, user))
+    return asdict(people.usage(ctx))
 
 
 TOOLS: dict[str, Tool] = {

@@ -9,7 +9,6 @@ import typer
 
 from bot.cli_common import fail, settings_or_exit
 from core.errors import UserFacingError
-from core.settings import Settings
 
 if TYPE_CHECKING:
     from core.photo_quality import PhotoReport
@@ -28,50 +27,27 @@ def generate(
 ) -> None:
     """Generate images locally with the same code path as chat; prints the files written."""
     from bot.local_jobs import cli_user, export_images, run_or_follow, subject_ids_by_name
-    from core import jobs
-    from core.sample_request import parse_sample_request
+    from core.actions.images import Generate
+    from core.actions.images import generate as generate_images
 
     settings = settings_or_exit()
     try:
-        user_id = cli_user(settings)
-        ids = subject_ids_by_name(settings, user_id, subject or [])
-        prompt = _with_subjects(settings, prompt, ids)
-        params = {
-            "prompt": prompt,
-            "n": n,
-            "seed": seed,
-            "guidance_scale": guidance,
-            "steps": steps,
-            "subject_ids": ids,
-        }
-        request = parse_sample_request({k: v for k, v in params.items() if v is not None})
-        job = jobs.submit(
-            settings,
-            kind="sample",
-            owner_id=user_id,
-            subject_ids=ids,
-            params=request.model_dump(mode="json", exclude_none=True),
+        actor = cli_user(settings)
+        ids = subject_ids_by_name(settings, actor.user_id, subject or [])
+        asked = {"n": n, "seed": seed, "guidance_scale": guidance, "steps": steps}
+        request = Generate(
+            prompt=prompt, subject_ids=ids, **{k: v for k, v in asked.items() if v is not None}
         )
+        job_id = generate_images(actor, request).job_id
     except UserFacingError as exc:
         raise fail(str(exc)) from None
     from gpu_worker.sampling import run as sampling
 
-    final = run_or_follow(settings, job.id, sampling)
+    final = run_or_follow(settings, job_id, sampling)
     if final.status != "succeeded":
-        raise fail(f"job #{job.id} {final.status}: {final.error or ''}")
-    for path in export_images(settings, job.id, out):
+        raise fail(f"job #{job_id} {final.status}: {final.error or ''}")
+    for path in export_images(settings, job_id, out):
         typer.echo(path)
-
-
-def _with_subjects(settings: Settings, prompt: str, ids: list[int]) -> str:
-    """The prompt with each subject named as "token class_noun" (the agent's rule, in code)."""
-    from agent.scene import SubjectRef, scene_prompt
-    from core.db import session_scope
-    from core.models import Subject
-
-    with session_scope(settings) as s:
-        refs = [SubjectRef(sub.token, sub.class_noun, sub.name) for i in ids if (sub := s.get(Subject, i))]
-    return scene_prompt(prompt, refs) if refs else prompt
 
 
 def train(
@@ -102,8 +78,10 @@ def train(
     The photo check comes first: when it has something to say it prints a table of the
     photos and asks "Train anyway?" (`--yes` answers it)."""
     from bot.local_jobs import cli_user, export_images, run_or_follow
+    from core.actions.subjects import TrainRequest
+    from core.actions.subjects import train as train_subject
     from core.names import subject_names
-    from core.subjects import ConsentRequired, PhotosNeedConfirmation, start_training
+    from core.subjects import ConsentRequired, PhotosNeedConfirmation
     from core.train_config import build_config, load_config_file, parse_set
     from core.uploads import UploadBudget
 
@@ -115,22 +93,22 @@ def train(
         overrides.update(parse_set(set_ or []))
         overrides.update({k: v for k, v in {"method": method, "steps": steps}.items() if v is not None})
         build_config(deployment_file=settings.train_config, overrides=overrides)  # refuse bad keys now
-        args = dict(
-            owner_id=cli_user(settings),
+        request = TrainRequest(
             name=name,
             class_noun=class_noun,
             photos=[(p.read_bytes(), p.name) for p in photos],
             config=overrides or None,
             consent=consent,
             keep_photos=keep_photos,
+            confirmed=yes,
         )
         try:
-            started = start_training(settings, **args, confirmed=yes)  # type: ignore[arg-type]
+            started = train_subject(cli_user(settings), request)
         except PhotosNeedConfirmation as asked:
             typer.echo(photo_table(asked.report))
             if not typer.confirm("Train anyway?", default=False):
                 raise fail("Nothing was trained.") from None
-            started = start_training(settings, **args, confirmed=True)  # type: ignore[arg-type]
+            started = train_subject(cli_user(settings), request.model_copy(update={"confirmed": True}))
     except ConsentRequired as exc:  # its text speaks of chat; here the answer is a flag
         raise fail(f"{exc}\nIf that's true, run the same command again with --consent.") from None
     except UserFacingError as exc:

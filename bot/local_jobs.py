@@ -19,21 +19,22 @@ from sqlalchemy import select
 from tqdm import tqdm
 
 from core import jobs
+from core.actions.actor import Actor
+from core.actions.people import person
 from core.db import session_scope
 from core.errors import NotFound
 from core.models import Image, Job, Subject
-from core.people import person
 from core.settings import Settings
 from core.storage import storage_from_settings
 
 CLI_PLATFORM = "cli"
 
 
-def cli_user(settings: Settings) -> int:
-    """The terminal's person: (cli, login name), created on first use."""
+def cli_user(settings: Settings) -> Actor:
+    """The terminal's person: (cli, login name), created on first use; one command, no event."""
     login = getpass.getuser()
     with session_scope(settings) as s:
-        return person(s, CLI_PLATFORM, login, login).id
+        return Actor(settings, person(s, CLI_PLATFORM, login, login).id, None, None)
 
 
 def subject_ids_by_name(settings: Settings, user_id: int, names: list[str]) -> list[int]:

@@ -1,4 +1,7 @@
-"""The conversation service: what people can do, whatever platform they speak on.
+"""The conversation service: chat messages, slash commands and buttons, on any platform.
+
+Each command is one action of `core.actions` (train, generate, vary, forget, cancel…);
+this module only finds the person and conversation, and words the result as a `Reply`.
 
 Platform adapters (Discord, Slack, the web playground) only convert: a platform event
 becomes a call here with an `Origin` (who, where, which event) and downloaded `Upload`s,
@@ -14,28 +17,27 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from agent import tools as agent_tools
 from agent.loop import handle_message
-from bot import privacy
-from bot.cards import Button, parse_button_id, parse_forget_id
-from core import jobs, quotas
-from core.db import insert_or_merge, session_scope
+from bot.cards import Button, forget_button_id, parse_button_id, parse_forget_id, reports_whole_message
+from core.actions import forgetting, images, jobs, people, reports, subjects
+from core.actions.actor import Actor
+from core.actions.ownership import NotYours
+from core.db import get_or_insert, session_scope
 from core.dbclock import db_now
 from core.errors import NotFound, UserFacingError
-from core.models import Conversation, Job, PlatformEvent, Subject, User
-from core.ownership import NotYours, own_job
-from core.people import person
+from core.models import Conversation, PlatformEvent
 from core.photo_quality import PhotoReport
-from core.photos import check_photo
 from core.settings import Settings
-from core.subjects import ConsentRequired, PhotosNeedConfirmation, coach_photos, start_training
+from core.subjects import ConsentRequired, PhotosNeedConfirmation
 from core.uploads import check_uploads
 
 INTERACTION_LIFETIME = timedelta(minutes=15)
@@ -111,10 +113,9 @@ class ConversationService:
         badges). Raises `UserFacingError` for a file that is not a usable photo."""
 
         def work() -> PhotoReport:
-            photos = [(u.data, u.filename) for u in _checked(uploads)]
-            for data, filename in photos:  # one decoded photo in memory at a time
-                check_photo(data, filename)
-            return coach_photos(self.settings, photos, class_noun)
+            return subjects.coach(
+                self.settings, [(u.data, u.filename) for u in _checked(uploads)], class_noun
+            )
 
         return await asyncio.to_thread(work)
 
@@ -177,8 +178,7 @@ class ConversationService:
             if record and not self._first_time(origin):
                 return Reply("", duplicate=True)
             user_id, conv_id = self._who_and_where(origin)
-            ctx = agent_tools.ToolContext(self.settings, user_id, conv_id, origin.event_key)
-            return fn(ctx, *args)
+            return fn(Actor(self.settings, user_id, conv_id, origin.event_key), *args)
 
         try:
             return await asyncio.to_thread(work)
@@ -186,12 +186,12 @@ class ConversationService:
             return Reply(str(exc), ephemeral=True)
 
     async def _as_known(self, origin: Origin, fn: Any, *args: Any) -> Reply:
-        """Like `_guarded` for a person's own data: `fn(user_id, origin, *args)` runs for a
+        """Like `_guarded` for a person's own data: `fn(actor, origin, *args)` runs for a
         person already known (nothing is created) and a blocked person may act too."""
         if not await asyncio.to_thread(self._first_time, origin):
             return Reply("", duplicate=True)
         try:
-            return await asyncio.to_thread(lambda: fn(self._known_user(origin), origin, *args))
+            return await asyncio.to_thread(lambda: fn(self._known_actor(origin), origin, *args))
         except UserFacingError as exc:
             return Reply(str(exc), ephemeral=True)
 
@@ -206,44 +206,27 @@ class ConversationService:
             return False
         return True
 
-    def _known_user(self, origin: Origin) -> int:
-        """The person's id without creating them (forgetting must not add a row)."""
-        with session_scope(self.settings) as s:
-            user_id = s.scalar(
-                select(User.id).where(
-                    User.platform == origin.platform, User.platform_user_id == origin.user_id
-                )
-            )
+    def _known_actor(self, origin: Origin) -> Actor:
+        """The person without creating them (forgetting must not add a row)."""
+        user_id = people.known_person(self.settings, origin.platform, origin.user_id)
         if user_id is None:
             raise NotFound("I have nothing stored about you, so there is nothing to forget.")
-        return user_id
+        return Actor(self.settings, user_id, None, origin.event_key)
 
     def _who_and_where(self, origin: Origin) -> tuple[int, int]:
         """The person (created on first contact) and the conversation record to post to."""
         with session_scope(self.settings) as s:
-            user = person(s, origin.platform, origin.user_id, origin.display_name)
+            user = people.person(s, origin.platform, origin.user_id, origin.display_name)
             if user.is_blocked:
                 raise UserFacingError(
                     "Sorry, your account can't use dreambot. Ask an admin if this is a mistake."
                 )
-            s.execute(
-                insert_or_merge(s, Conversation)
-                .values(
-                    platform=origin.platform,
-                    channel_id=origin.channel_id,
-                    thread_id=origin.thread_id,
-                    user_id=user.id,
-                )
-                .on_conflict_do_nothing()
-            )
-            conv = s.scalar(
-                select(Conversation).where(
-                    Conversation.platform == origin.platform,
-                    Conversation.channel_id == origin.channel_id,
-                    Conversation.thread_id == origin.thread_id,
-                )
-            )
-            assert conv is not None
+            where = {
+                "platform": origin.platform,
+                "channel_id": origin.channel_id,
+                "thread_id": origin.thread_id,
+            }
+            conv = get_or_insert(s, Conversation, where, {"user_id": user.id})
             if origin.interaction_token:
                 s.execute(
                     update(Conversation)
@@ -259,7 +242,7 @@ class ConversationService:
 
     def _train(
         self,
-        ctx: agent_tools.ToolContext,
+        actor: Actor,
         name: str,
         class_noun: str,
         uploads: list[Upload],
@@ -267,19 +250,16 @@ class ConversationService:
         keep_photos: bool,
         confirmed: bool,
     ) -> Reply:
+        request = subjects.TrainRequest(
+            name=name,
+            class_noun=class_noun,
+            photos=[(u.data, u.filename) for u in _checked(uploads)],
+            consent=consent,
+            keep_photos=keep_photos,
+            confirmed=confirmed,
+        )
         try:
-            started = start_training(
-                self.settings,
-                owner_id=ctx.user_id,
-                name=name,
-                class_noun=class_noun,
-                photos=[(u.data, u.filename) for u in _checked(uploads)],
-                conversation_id=ctx.conversation_id,
-                idempotency_key=ctx.next_key(),
-                consent=consent,
-                keep_photos=keep_photos,
-                confirmed=confirmed,
-            )
+            started = subjects.train(actor, request)
         except ConsentRequired as exc:
             return Reply(str(exc), ephemeral=True, needs_consent=True)
         except PhotosNeedConfirmation as exc:
@@ -293,30 +273,23 @@ class ConversationService:
             job_ids=[started.job_id],
         )
 
-    def _forget(self, user_id: int, origin: Origin, subject_name: str | None, confirm: bool) -> Reply:
+    def _forget(self, actor: Actor, origin: Origin, subject_name: str | None, confirm: bool) -> Reply:
         if confirm:
-            answer = privacy.forget_now(self.settings, user_id, subject_name, origin.platform)
-        else:
-            answer = privacy.ask_to_forget(self.settings, user_id, subject_name)
-        return Reply(answer.text, ephemeral=True, buttons=answer.buttons)
+            return Reply(forgetting.forget_now(actor, subject_name, origin.platform).text, ephemeral=True)
+        asked = forgetting.ask(actor, subject_name)
+        button = Button("Forget", forget_button_id(asked.token), "danger")
+        return Reply(asked.text, ephemeral=True, buttons=[button])
 
-    def _confirm_forget(self, user_id: int, origin: Origin, token: str) -> Reply:
-        subject_id = privacy.read_forget_token(self.settings, user_id, token)
-        answer = privacy.do_forget(self.settings, user_id, subject_id, origin.platform)
-        return Reply(answer.text, ephemeral=True)
+    def _confirm_forget(self, actor: Actor, origin: Origin, token: str) -> Reply:
+        return Reply(forgetting.confirm(actor, token, origin.platform).text, ephemeral=True)
 
-    def _imagine(self, ctx: agent_tools.ToolContext, prompt: str, n: int) -> Reply:
-        with session_scope(self.settings) as s:
-            mine = list(
-                s.scalars(select(Subject).where(Subject.owner_id == ctx.user_id, Subject.status == "ready"))
-            )
-        named = [sub.id for sub in mine if re.search(rf"\b{re.escape(sub.name)}\b", prompt, re.I)]
-        out = agent_tools.generate_images(
-            ctx, agent_tools.GenerateImagesArgs(prompt=prompt, n=n, subject_ids=named)
-        )
-        return Reply(f"On it: {n} image{'s' * (n != 1)} coming up.", job_ids=[out["job_id"]])
+    def _imagine(self, actor: Actor, prompt: str, n: int) -> Reply:
+        ready = [sub for sub in subjects.list_subjects(actor) if sub.status == "ready"]
+        named = [sub.id for sub in ready if re.search(rf"\b{re.escape(sub.name)}\b", prompt, re.I)]
+        started = images.generate(actor, images.Generate(prompt=prompt, n=n, subject_ids=named))
+        return Reply(f"On it: {n} image{'s' * (n != 1)} coming up.", job_ids=[started.job_id])
 
-    def _press(self, ctx: agent_tools.ToolContext, custom_id: str) -> Reply:
+    def _press(self, actor: Actor, custom_id: str) -> Reply:
         parsed = parse_button_id(custom_id)
         if parsed is None:
             return Reply(
@@ -324,64 +297,59 @@ class ConversationService:
             )
         action, target = parsed
         if action == "variations":
-            out = agent_tools.vary_image(ctx, agent_tools.VaryImageArgs(image_id=target))
+            started = images.vary(actor, images.Vary(image_id=target))
         elif action == "upscale":
-            out = agent_tools.upscale_image(ctx, agent_tools.ImageArgs(image_id=target))
+            started = images.upscale(actor, target)
         elif action == "reroll":
-            out = self._reroll(ctx, target)
+            with _as_person():
+                started = images.reroll(actor, target)
         elif action == "report":
-            answer = privacy.report_image(self.settings, ctx.user_id, target)
-            return Reply(answer.text, ephemeral=True, delete_job_id=answer.delete_job_id)
+            answer = reports.report(actor, target, reports_whole_message)
+            return Reply(answer.text, ephemeral=True, delete_job_id=answer.job_id)
         else:
-            self._own_job(ctx, target)
-            return Reply("Deleted.", ephemeral=True, delete_job_id=target)
-        return Reply(f"On it (job #{out['job_id']}).", job_ids=[out["job_id"]])
+            with _as_person():
+                return Reply("Deleted.", ephemeral=True, delete_job_id=images.delete_result(actor, target))
+        return Reply(f"On it (job #{started.job_id}).", job_ids=[started.job_id])
 
-    def _own_job(self, ctx: agent_tools.ToolContext, job_id: int) -> Job:
-        with session_scope(self.settings) as s:
-            try:
-                return own_job(s, ctx.user_id, job_id)
-            except NotYours:  # said to the person, not to the model
-                raise UserFacingError("That isn't one of your pictures, so I can't change it.") from None
-
-    def _reroll(self, ctx: agent_tools.ToolContext, job_id: int) -> dict[str, Any]:
-        job = self._own_job(ctx, job_id)
-        params = {k: v for k, v in (job.params or {}).items() if k != "seed"}  # new seeds
-        return agent_tools.submit_sample(ctx, params, list(params.get("subject_ids", [])))
-
-    def _models(self, ctx: agent_tools.ToolContext) -> Reply:
-        subjects = agent_tools.list_subjects(ctx, agent_tools.NoArgs())["subjects"]
-        if not subjects:
-            return Reply("You have no subjects yet. Start with /train and 3–10 photos.", ephemeral=True)
+    def _models(self, actor: Actor) -> Reply:
         lines = [
-            f"• {s['name']} ({s['class_noun']}) — {'ready' if s['trained'] else 'training'}" for s in subjects
+            f"• {s.name} ({s.class_noun}) — {'ready' if s.trained else 'training'}"
+            for s in subjects.list_subjects(actor)
         ]
-        return Reply("Your subjects:\n" + "\n".join(lines), ephemeral=True)
+        return _listing(
+            "Your subjects:", lines, "You have no subjects yet. Start with /train and 3–10 photos."
+        )
 
-    def _jobs(self, ctx: agent_tools.ToolContext) -> Reply:
-        out = agent_tools.job_status(ctx, agent_tools.OptionalJobArgs())
-        rows = out.get("recent_jobs") or []
-        if not rows:
-            return Reply("You have no recent jobs.", ephemeral=True)
-        lines = [f"• #{j['job_id']} {j['kind']} — {j['status']}" for j in rows]
-        return Reply("Your recent jobs:\n" + "\n".join(lines), ephemeral=True)
+    def _jobs(self, actor: Actor) -> Reply:
+        lines = [f"• #{j.id} {j.kind} — {j.status}" for j in jobs.recent(actor)]
+        return _listing("Your recent jobs:", lines, "You have no recent jobs.")
 
-    def _cancel(self, ctx: agent_tools.ToolContext, job_id: int) -> Reply:
-        self._own_job(ctx, job_id)
-        state = jobs.request_cancel(self.settings, job_id)
+    def _cancel(self, actor: Actor, job_id: int) -> Reply:
+        with _as_person():
+            state = jobs.cancel(actor, job_id)
         word = "cancelled" if state == "cancelled" else "stopping" if state == "running" else state
         return Reply(f"Job #{job_id}: {word}.", ephemeral=True)
 
-    def _quota(self, ctx: agent_tools.ToolContext) -> Reply:
-        with session_scope(self.settings) as s:
-            user = s.get(User, ctx.user_id)
-            assert user is not None
-            u = quotas.usage(s, self.settings, user)
+    def _quota(self, actor: Actor) -> Reply:
+        u = people.usage(actor)
         return Reply(
             f"Today: {u.images_today}/{u.images_per_day} images, {u.trainings_today}/{u.trainings_per_day} "
             f"trainings; {u.active_jobs}/{u.max_concurrent_jobs} jobs running or queued.",
             ephemeral=True,
         )
+
+
+def _listing(title: str, lines: list[str], empty: str) -> Reply:
+    return Reply(f"{title}\n" + "\n".join(lines) if lines else empty, ephemeral=True)
+
+
+@contextmanager
+def _as_person() -> Iterator[None]:
+    """Someone else's job, said to the person (the ownership refusal speaks to the model)."""
+    try:
+        yield
+    except NotYours:
+        raise UserFacingError("That isn't one of your pictures, so I can't change it.") from None
 
 
 def _checked(uploads: list[Upload]) -> list[Upload]:

@@ -6,15 +6,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings
 
+_Row = TypeVar("_Row")
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
@@ -94,3 +95,16 @@ def insert_or_merge(session: Session, model: Any) -> sqlite.Insert | postgresql.
     both databases we run on spell it the same, but each dialect has its own statement."""
     dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
     return dialect.insert(model)
+
+
+def get_or_insert(
+    session: Session, model: type[_Row], keys: dict[str, Any], extra: dict[str, Any] | None = None
+) -> _Row:
+    """The row of `model` with these unique `keys`, inserted (with `extra`) if there is none.
+
+    Safe against two first inserts at once: the insert does nothing when the row exists,
+    and the row is then read by its keys. `extra` is written only by the insert."""
+    session.execute(insert_or_merge(session, model).values(**keys, **(extra or {})).on_conflict_do_nothing())
+    row = session.scalar(select(model).filter_by(**keys))
+    assert row is not None
+    return row

@@ -1,7 +1,7 @@
 """Subjects: creating one from photos and starting its training, in one place.
 
-`/train` in chat, the agent's `train_subject` tool and the CLI all call `start_training`,
-so the rules (3–10 valid photos, a name and class noun as `core.names` allows them, a
+`/train` in chat, the agent's `train_subject` tool and the CLI all reach `start_training`
+through `core.actions.subjects.train`, so the rules (3–10 valid photos, a name and class noun as `core.names` allows them, a
 unique name, a rare token unique among the person's subjects, quotas, idempotency on the
 platform event) live here once.
 """

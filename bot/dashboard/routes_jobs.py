@@ -11,9 +11,10 @@ from sqlalchemy.orm import selectinload
 
 from bot.dashboard import audit
 from bot.dashboard.auth import Admin, AdminPost, state_of
-from bot.dashboard.web import back, page_of, render
+from bot.dashboard.web import back, or_404, page_of, render
 from core import jobs as job_lifecycle
 from core import stats
+from core.actions import jobs as job_actions
 from core.db import session_scope
 from core.errors import DreambotError, UserFacingError
 from core.models import JOB_KINDS, JOB_STATES, Job, User
@@ -21,7 +22,6 @@ from core.models import JOB_KINDS, JOB_STATES, Job, User
 router = APIRouter()
 
 SORTS = {"id": Job.id, "created": Job.created_at, "status": Job.status, "kind": Job.kind, "queue": Job.queue}
-RETRYABLE = ("failed", "cancelled")
 
 
 def overview_data(request: Request) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def job_detail(request: Request, job_id: int, admin: Admin) -> HTMLResponse:
         job=job,
         owner=owner,
         can_cancel=job.status not in job_lifecycle.TERMINAL,
-        can_retry=job.status in RETRYABLE,
+        can_retry=job.status in job_actions.RETRYABLE,
     )
 
 
@@ -106,7 +106,7 @@ def job_detail(request: Request, job_id: int, admin: Admin) -> HTMLResponse:
 def job_cancel(request: Request, job_id: int, admin: AdminPost) -> Response:
     settings = state_of(request).settings
     try:
-        state = job_lifecycle.request_cancel(settings, job_id)
+        state = job_actions.cancel_any(settings, job_id)
     except UserFacingError as exc:
         return back(f"/admin/jobs/{job_id}", err=str(exc))
     audit.record(settings, admin.username, "job.cancel", f"job:{job_id}", result=state)
@@ -118,32 +118,13 @@ def job_cancel(request: Request, job_id: int, admin: AdminPost) -> Response:
 def job_retry(request: Request, job_id: int, admin: AdminPost) -> Response:
     """Submit a copy of a failed or cancelled job (the original stays as it was)."""
     settings = state_of(request).settings
-    with session_scope(settings) as session:
-        job = session.scalar(select(Job).where(Job.id == job_id).options(selectinload(Job.subjects)))
-        if job is None:
-            raise HTTPException(404, f"There is no job #{job_id}.")
-        if job.status not in RETRYABLE:
-            return back(
-                f"/admin/jobs/{job_id}", err=f"Only failed or cancelled jobs can be retried ({job.status})."
-            )
-        kind, params, owner_id, conversation_id = (
-            job.kind,
-            dict(job.params or {}),
-            job.owner_id,
-            job.conversation_id,
-        )
-        subject_ids = [s.id for s in job.subjects] or ([job.subject_id] if job.subject_id else [])
     try:
-        new = job_lifecycle.submit(
-            settings,
-            kind=kind,
-            params=params,
-            owner_id=owner_id,
-            subject_ids=subject_ids,
-            conversation_id=conversation_id,
-        )
+        with or_404():
+            new_id = job_actions.retry(settings, job_id)
+    except job_actions.NotRetryable as exc:
+        return back(f"/admin/jobs/{job_id}", err=str(exc))
     except DreambotError as exc:  # quota, blocked person, …: say so on the page
         audit.record(settings, admin.username, "job.retry_refused", f"job:{job_id}", error=str(exc))
         return back(f"/admin/jobs/{job_id}", err=f"Could not retry: {exc}")
-    audit.record(settings, admin.username, "job.retry", f"job:{job_id}", new_job=new.id)
-    return back(f"/admin/jobs/{new.id}", msg=f"Retry of job #{job_id} submitted as job #{new.id}.")
+    audit.record(settings, admin.username, "job.retry", f"job:{job_id}", new_job=new_id)
+    return back(f"/admin/jobs/{new_id}", msg=f"Retry of job #{job_id} submitted as job #{new_id}.")

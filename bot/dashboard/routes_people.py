@@ -7,21 +7,22 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import desc, func, or_, select, update
+from sqlalchemy import desc, func, or_, select
 
 from bot.dashboard import audit
 from bot.dashboard.auth import Admin, AdminPost, state_of
-from bot.dashboard.web import back, page_of, render
-from core import forget as forgetting
+from bot.dashboard.web import back, or_404, page_of, render
 from core import quotas
-from core.db import rows_changed, session_scope
+from core.actions import forgetting
+from core.actions import people as people_actions
+from core.actions import subjects as subject_actions
+from core.actions.people import QUOTA_FIELDS, QuotaLimits
+from core.db import session_scope
 from core.errors import NotFound, StorageKeyError
-from core.models import ACTIVE_STATES, AuditLog, Image, Job, Photo, Subject, User, job_subjects
+from core.models import AuditLog, Image, Job, Photo, Subject, User, job_subjects
 from core.storage import storage_from_settings
-from core.subjects import delete_subject
 
 router = APIRouter()
-QUOTA_FIELDS = ("max_concurrent_jobs", "trainings_per_day", "images_per_day")
 
 
 @router.get("/people", response_class=HTMLResponse)
@@ -82,9 +83,8 @@ async def person_quotas(request: Request, user_id: int, admin: AdminPost) -> Res
         values = {f: _quota_value(form.get(f), f) for f in QUOTA_FIELDS}
     except ValueError as exc:
         return back(f"/admin/people/{user_id}", err=str(exc).capitalize() + ".")
-    with session_scope(settings) as session:
-        if rows_changed(session, update(User).where(User.id == user_id).values(**values)) != 1:
-            raise HTTPException(404, f"There is no person #{user_id}.")
+    with or_404():
+        people_actions.set_quotas(settings, user_id, QuotaLimits(**values))
     audit.record(settings, admin.username, "person.quotas", f"user:{user_id}", **values)
     return back(f"/admin/people/{user_id}", msg="Quotas saved.")
 
@@ -93,21 +93,20 @@ async def person_quotas(request: Request, user_id: int, admin: AdminPost) -> Res
 async def person_block(request: Request, user_id: int, admin: AdminPost) -> Response:
     settings = state_of(request).settings
     blocked = (await request.form()).get("blocked") == "1"
-    with session_scope(settings) as session:
-        if rows_changed(session, update(User).where(User.id == user_id).values(is_blocked=blocked)) != 1:
-            raise HTTPException(404, f"There is no person #{user_id}.")
+    with or_404():
+        people_actions.set_blocked(settings, user_id, blocked)
     audit.record(settings, admin.username, "person.block" if blocked else "person.unblock", f"user:{user_id}")
     return back(f"/admin/people/{user_id}", msg="Blocked." if blocked else "Unblocked.")
 
 
 @router.post("/people/{user_id}/forget")
 async def person_forget(request: Request, user_id: int, admin: AdminPost) -> Response:
-    """Delete everything of this person (core.forget; it writes the audit row)."""
+    """Delete everything of this person (core.forget writes the audit row)."""
     settings = state_of(request).settings
     if (await request.form()).get("confirm") != "forget":
         return back(f"/admin/people/{user_id}", err="Type forget in the box to confirm.")
     try:
-        done = forgetting.forget(settings, user_id, actor=admin.username)
+        done = forgetting.forget_person(settings, user_id, admin.username)
     except NotFound:
         raise HTTPException(404, f"There is no person #{user_id}.") from None
     return back("/admin/people", msg=f"Forgot person #{user_id}: {done.summary()}.")
@@ -159,36 +158,25 @@ def subject(request: Request, subject_id: int, admin: Admin) -> HTMLResponse:
 
 @router.post("/subjects/{subject_id}/delete")
 def subject_delete(request: Request, subject_id: int, admin: AdminPost) -> Response:
-    """Delete a subject, its photos and its trained weights (database and storage).
-
-    Refused while a job that uses it is queued or running. Images already delivered
-    stay (they belong to their jobs and conversations).
-    """
+    """Delete a subject, its photos and its trained weights (refused while a job uses it)."""
     settings = state_of(request).settings
-    with session_scope(settings) as session:
-        subj = session.get(Subject, subject_id)
-        if subj is None:
-            raise HTTPException(404, f"There is no subject #{subject_id}.")
-        uses = select(job_subjects.c.job_id).where(job_subjects.c.subject_id == subject_id)
-        busy = session.scalar(
-            select(func.count()).where(
-                Job.status.in_(ACTIVE_STATES), or_(Job.subject_id == subject_id, Job.id.in_(uses))
-            )
-        )
-        if busy:
-            return back(f"/admin/subjects/{subject_id}", err=f"{busy} job(s) using it are still active.")
-        name, owner_id = subj.name, subj.owner_id
-    removed = delete_subject(settings, subject_id)
+    try:
+        with or_404():
+            deleted = subject_actions.delete(settings, subject_id)
+    except subject_actions.SubjectInUse as exc:
+        return back(f"/admin/subjects/{subject_id}", err=str(exc))
     audit.record(
         settings,
         admin.username,
         "subject.delete",
         f"subject:{subject_id}",
-        name=name,
-        owner_id=owner_id,
-        files_removed=removed,
+        name=deleted.name,
+        owner_id=deleted.owner_id,
+        files_removed=deleted.files_removed,
     )
-    return back("/admin/subjects", msg=f"Deleted subject {name!r} and {removed} stored file(s).")
+    return back(
+        "/admin/subjects", msg=f"Deleted subject {deleted.name!r} and {deleted.files_removed} stored file(s)."
+    )
 
 
 @router.get("/images", response_class=HTMLResponse)

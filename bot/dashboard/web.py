@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from bot.dashboard.auth import AdminSession
+from core.errors import NotFound
 
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))  # autoescapes HTML
@@ -80,3 +83,12 @@ def page_of(request: Request, total: int, size: int = 50) -> Page:
         number = 1
     pages = max(1, math.ceil(total / size))
     return Page(number=min(max(1, number), pages), size=size, total=total)
+
+
+@contextmanager
+def or_404() -> Iterator[None]:
+    """An action's `NotFound` (no such person, subject, job…) as the page's 404."""
+    try:
+        yield
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None

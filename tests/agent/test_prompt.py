@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from agent.prompt import Turn, photo_data_url, render_tool, shape_messages, system_prompt, tool_output
-from agent.scene import SubjectRef, scene_prompt
 from agent.toolcalls import ToolCall, parse_tool_calls
 from agent.tools import tool_specs
 from tests.agent.conftest import photo
@@ -104,29 +103,6 @@ def test_render_tool_is_a_compact_signature() -> None:
     assert line.startswith("- generate_images(subject_ids: list[int]")
     assert "prompt: str" in line and "n: int [minimum=1, maximum=8] = 1" in line
     assert '"square" | "portrait" | "landscape"' in line
-
-
-REX = SubjectRef("zwx", "dog", "Rex")
-BELLA = SubjectRef("sks", "dog", "Bella")
-
-
-@pytest.mark.parametrize(
-    ("scene", "subjects", "expected"),
-    [
-        ("my dog on the moon, earth in the sky", [REX], "a photo of zwx dog on the moon, earth in the sky"),
-        ("Rex reading a newspaper", [REX], "a photo of zwx dog reading a newspaper"),
-        ("a watercolor painting of my dog", [REX], "a watercolor painting of zwx dog"),
-        ("zwx on the moon", [REX], "a photo of zwx dog on the moon"),
-        ("a photo of zwx dog on the moon", [REX], "a photo of zwx dog on the moon"),
-        ("on the moon", [REX], "a photo of zwx dog, on the moon"),
-        ("my dog and my other dog playing", [REX, BELLA], "a photo of zwx dog and my other sks dog playing"),
-        ("Bella and Rex on a beach", [REX, BELLA], "a photo of sks dog and zwx dog on a beach"),
-        ("a cat at a hotdog stand", [REX], "a photo of zwx dog, a cat at a hotdog stand"),
-        ("a castle at dusk", [], "a castle at dusk"),
-    ],
-)
-def test_scene_prompt_names_every_subject_by_token_and_class(scene, subjects, expected) -> None:
-    assert scene_prompt(scene, subjects) == expected
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
 """The one place that decides whether a person may use a subject, an image or a job.
 
-Every surface (the agent's tools, slash commands, the playground) asks here, so the rule
-is written once: someone else's item reads exactly like a missing one, a subject must be
-trained before it is drawn, and a reported image stays out of reach while it is reviewed.
-The refusals say "this person's" (the agent relays them to the model); a surface speaking
-to the person directly may word `NotYours` its own way.
+The actions ask here (no surface does), so the rule is written once: someone else's item
+reads exactly like a missing one, a subject must be trained before it is drawn, and a
+reported image stays out of reach while it is reviewed. The refusals say "this person's"
+(the agent relays them to the model); a surface speaking to the person directly may word
+`NotYours` its own way, and the agent adds its advice (`hint`) to it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def own_subjects(session: Session, user_id: int, ids: Iterable[int]) -> list[Sub
     for sid in dict.fromkeys(ids):
         subject = session.get(Subject, sid)
         if subject is None or subject.owner_id != user_id:
-            raise NotYours("subject", sid, "; use list_subjects")
+            raise NotYours("subject", sid)
         if not subject.artifact_key:
             raise Refused(
                 f"“{subject.name}” (#{sid}) is not trained yet; it can be used when training is done."
