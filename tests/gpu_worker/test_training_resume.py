@@ -10,6 +10,7 @@ from safetensors.torch import load as load_safetensors
 
 from core import jobs
 from core.db import session_scope
+from core.job_progress import JobProgress
 from core.models import Job
 from core.settings import Settings
 from core.storage import storage_from_settings
@@ -93,10 +94,10 @@ def test_a_requeued_job_resumes_from_its_checkpoint(
     real = jobs.report_progress
     seen: list[tuple[int, int]] = []
 
-    def flaky(settings: Settings, lease: jobs.Lease, progress: dict) -> None:  # type: ignore[type-arg]
-        if progress.get("phase") == "training":
-            seen.append((lease.attempt, progress["step"]))
-            if lease.attempt == 1 and progress["step"] >= 7:
+    def flaky(settings: Settings, lease: jobs.Lease, progress: JobProgress) -> None:
+        if progress.phase == "training":
+            seen.append((lease.attempt, progress.step or 0))
+            if lease.attempt == 1 and (progress.step or 0) >= 7:
                 raise ConnectionError("database connection dropped")
         real(settings, lease, progress)
 
