@@ -21,7 +21,9 @@ from agent.tools import ToolContext, run_tool
 from core.actions import images
 from core.actions.subjects import list_subjects
 from core.db import session_scope
+from core.enums import JobState
 from core.errors import UserFacingError
+from core.job_progress import JobProgress
 from core.models import ConversationMessage, Image, Job
 from core.subjects import MAX_PHOTOS, MIN_PHOTOS, kind_of
 
@@ -165,12 +167,10 @@ def _status(ctx: ToolContext, _i: Intent, _n: int, _s: list[Known]) -> str:
         return "You have no jobs yet."
     lines = []
     for j in rows:
-        p = j.get("progress") or {}
-        pct = (
-            f" {round(100 * int(p['step']) / int(p['total']))}%"
-            if p.get("total") and j["status"] == "running"
-            else ""
-        )
+        p = JobProgress.read(j.get("progress"))
+        pct = ""
+        if p.total and p.step is not None and j["status"] == JobState.RUNNING:
+            pct = f" {round(100 * p.step / p.total)}%"
         lines.append(f"• #{j['job_id']} {j['kind']} — {j['status']}{pct}")
     return "Your recent jobs:\n" + "\n".join(lines)
 

@@ -87,7 +87,7 @@ def _job_view(job: JobView) -> dict[str, Any]:
         "job_id": job.id,
         "kind": job.kind,
         "status": job.status,
-        "progress": job.progress,
+        "progress": job.progress.to_json(),
         "error": job.error,
         "image_ids": job.image_ids,
     }

@@ -15,6 +15,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from core.enums import JobKind, JobState
+from core.job_progress import JobPhase, JobProgress
+from core.job_results import JobResult, SampleResult
+
 BUTTON_PREFIX = "db"
 ACTIONS = {"v": "variations", "u": "upscale", "r": "reroll", "d": "delete", "x": "report"}
 FORGET = "f"  # db:f:<token>: confirms a /forget (the token says what, for whom, until when)
@@ -33,11 +37,11 @@ class JobSnapshot:
     """The fields of a job a card needs (read in one query by delivery)."""
 
     id: int
-    kind: str
-    status: str
-    progress: dict[str, Any]
+    kind: JobKind
+    status: JobState
+    progress: JobProgress
     params: dict[str, Any]
-    result: dict[str, Any] | None
+    result: JobResult | None
     error: str | None
     queue_position: int  # 1 = next; 0 when not queued
     subject_name: str | None = None
@@ -100,9 +104,9 @@ def reports_whole_message(n_images: int) -> bool:
 
 
 def _title(job: JobSnapshot) -> str:
-    if job.kind == "train":
+    if job.kind == JobKind.TRAIN:
         return f"🧠 Training {job.subject_name or 'your subject'}"
-    if job.kind == "sample":
+    if job.kind == JobKind.SAMPLE:
         n = int(job.params.get("n", 1))
         what = "an upscale" if job.params.get("upscale_of") else f"{n} image{'s' * (n != 1)}"
         prompt = _named(str(job.params.get("prompt", "")), job.subjects)
@@ -118,23 +122,19 @@ def _named(prompt: str, subjects: tuple[tuple[str, str, str], ...]) -> str:
     return prompt
 
 
-def _percent(progress: dict[str, Any]) -> int | None:
-    try:
-        step, total = int(progress["step"]), int(progress["total"])
-    except (KeyError, TypeError, ValueError):
+def _percent(progress: JobProgress) -> int | None:
+    step, total = progress.step, progress.total
+    if step is None or total is None:
         return None
     return max(0, min(100, round(100 * step / total))) if total > 0 else None
 
 
-def time_left(progress: dict[str, Any]) -> str | None:
+def time_left(progress: JobProgress) -> str | None:
     """Time left in words ("about 2 h left on this CPU") from the trainer's measured pace, once it has one."""
-    try:
-        eta = float(progress["eta_s"])
-    except (KeyError, TypeError, ValueError):
+    eta = progress.eta_s
+    if eta is None or not 0 < eta < float("inf") or progress.phase != JobPhase.TRAINING:
         return None
-    if not 0 < eta < float("inf") or progress.get("phase") != "training":
-        return None
-    where = " on this CPU" if progress.get("device") == "cpu" else ""
+    where = " on this CPU" if progress.device == "cpu" else ""
     return f"{_duration_words(eta)} left{where}"
 
 
@@ -148,9 +148,9 @@ def _duration_words(seconds: float) -> str:
     return f"about {rounded:g} h"
 
 
-def _preview(progress: dict[str, Any]) -> bytes | None:
-    raw = progress.get("preview")
-    if not isinstance(raw, str) or not raw:
+def _preview(progress: JobProgress) -> bytes | None:
+    raw = progress.preview
+    if not raw:
         return None
     try:
         return base64.b64decode(raw.split(",", 1)[-1], validate=True)
@@ -166,50 +166,47 @@ def _about(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _downloading(progress: dict[str, Any]) -> str | None:
+def _downloading(progress: JobProgress) -> str | None:
     """ "downloading the base model: 1.2GB of 4.3GB, 25MB/s, about 2 min left" (a worker
     fetching the model before its first job: gpu_worker/model_fetch.py)."""
-    if progress.get("phase") != "downloading":
+    if progress.phase != JobPhase.DOWNLOADING:
         return None
-    try:
-        done, total = int(progress.get("step") or 0), int(progress["total"])
-        speed, eta = float(progress.get("speed") or 0), progress.get("eta")
-    except (KeyError, TypeError, ValueError):
+    if progress.total is None:
         return "downloading the base model…"
+    done, total, speed = progress.step or 0, progress.total, progress.speed or 0
     text = f"downloading the base model: {tqdm.format_sizeof(done, 'B')} of {tqdm.format_sizeof(total, 'B')}"
     if speed > 0:
         text += f", {tqdm.format_sizeof(speed, 'B/s')}"
-        if isinstance(eta, int | float):
-            text += f", about {_about(eta)} left"
+        if progress.eta is not None:
+            text += f", about {_about(progress.eta)} left"
     return text
 
 
 def render_card(job: JobSnapshot) -> Card:
     title = _title(job)
-    if job.status == "queued":
+    if job.status == JobState.QUEUED:
         place = f"queued #{job.queue_position}" if job.queue_position else "queued"
         return Card(f"{title} — {place}", preview=_preview(job.progress))  # a training: its photo crops
-    if job.status == "running" and (fetching := _downloading(job.progress)) is not None:
+    if job.status == JobState.RUNNING and (fetching := _downloading(job.progress)) is not None:
         return Card(f"{title} — {fetching}")
-    if job.status == "running":
+    if job.status == JobState.RUNNING:
         pct = _percent(job.progress)
-        phase = job.progress.get("phase")
+        phase = job.progress.phase
         detail = f"{pct}%" if pct is not None else "starting…"
-        if phase and job.kind == "train":
-            detail += f" ({str(phase).replace('_', ' ')})"
+        if phase and job.kind == JobKind.TRAIN:
+            detail += f" ({phase.replace('_', ' ')})"
         if (left := time_left(job.progress)) is not None:
             detail += f", {left}"
         return Card(f"{title} — {detail}", preview=_preview(job.progress))
-    if job.status == "succeeded":
+    if job.status == JobState.SUCCEEDED:
         return Card(f"{title} — done ✅{_done_detail(job)}", done=True)
-    if job.status == "cancelled":
+    if job.status == JobState.CANCELLED:
         return Card(f"{title} — cancelled", done=True)
     return Card(f"{title} — failed: {job.error or 'something went wrong'}", done=True)
 
 
 def _done_detail(job: JobSnapshot) -> str:
-    result = job.result or {}
-    if job.kind == "train":
+    if job.kind == JobKind.TRAIN:
         return " Now just ask, e.g. “put my " + (job.subject_name or "subject") + " on the moon”."
-    blocked = int(result.get("blocked", 0) or 0)
+    blocked = job.result.blocked if isinstance(job.result, SampleResult) else 0
     return f" ({blocked} image{'s' * (blocked != 1)} held back by the safety filter)" if blocked else ""

@@ -9,6 +9,7 @@ import typer
 
 from bot.cli_common import fail, settings_or_exit
 from core.errors import UserFacingError
+from core.job_results import TrainingResult
 
 if TYPE_CHECKING:
     from core.photo_quality import PhotoReport
@@ -118,8 +119,8 @@ def train(
     final = run_or_follow(settings, started.job_id, training)
     if final.status != "succeeded":
         raise fail(f"training #{started.job_id} {final.status}: {final.error or ''}")
-    result = final.result or {}
-    typer.echo(f"{name} ({started.token} {class_noun}) is ready: {result.get('artifact_key', '')}")
+    result = TrainingResult.read(final.result)
+    typer.echo(f"{name} ({started.token} {class_noun}) is ready: {result.artifact_key}")
     for path in export_images(settings, started.job_id, out):  # the validation pictures
         typer.echo(path)
 

@@ -29,6 +29,9 @@ from sqlalchemy.orm import Session
 from bot.cards import Button, Card, JobSnapshot, image_buttons, parse_button_id, render_card
 from core.db import session_scope
 from core.dbclock import db_now
+from core.enums import JobKind, JobState
+from core.job_progress import JobProgress
+from core.job_results import SampleResult, read_result
 from core.logs import bind_job
 from core.models import Conversation, Image, Job, OutboxItem, Subject
 from core.settings import Settings
@@ -86,8 +89,10 @@ class Poster(Protocol):
 def job_snapshot(session: Session, job: Job) -> JobSnapshot:
     """What a card needs to know about `job`: its row, queue position and subjects."""
     position = 0
-    if job.status == "queued":
-        ahead = select(func.count()).where(Job.queue == job.queue, Job.status == "queued", Job.id < job.id)
+    if job.status == JobState.QUEUED:
+        ahead = select(func.count()).where(
+            Job.queue == job.queue, Job.status == JobState.QUEUED, Job.id < job.id
+        )
         position = 1 + (session.scalar(ahead) or 0)
     subjects = tuple((sub.token, sub.class_noun, sub.name) for sub in job.subjects)
     first = session.get(Subject, job.subject_id) if job.subject_id else None
@@ -95,9 +100,9 @@ def job_snapshot(session: Session, job: Job) -> JobSnapshot:
         job.id,
         job.kind,
         job.status,
-        dict(job.progress or {}),
+        JobProgress.read(job.progress),
         dict(job.params or {}),
-        job.result,
+        read_result(job.kind, job.result),
         job.error,
         position,
         first.name if first else None,
@@ -154,8 +159,8 @@ class Delivery:
                 .join(Conversation, Conversation.id == Job.conversation_id)
                 .where(
                     Conversation.platform.in_(platforms),
-                    Job.status == "succeeded",
-                    (Job.kind == "sample") | ((Job.kind == "train") & made_images.exists()),
+                    Job.status == JobState.SUCCEEDED,
+                    (Job.kind == JobKind.SAMPLE) | ((Job.kind == JobKind.TRAIN) & made_images.exists()),
                     ~has_images.exists(),
                 )
             ).all()
@@ -307,8 +312,9 @@ class Delivery:
                 for n, img in enumerate(images)
             ]
             ids = [img.id for img in images]
-            notice = (job.result or {}).get("notice") if job else None
-            training = job is not None and job.kind == "train"
+            result = read_result(job.kind, job.result) if job else None
+            notice = result.notice if isinstance(result, SampleResult) else None
+            training = job is not None and job.kind == JobKind.TRAIN
         buttons = image_buttons(item.job_id or 0, ids)
         if training:  # test pictures: vary or upscale them, but a reroll would retrain
             text = TRAINING_IMAGES_TEXT

@@ -16,7 +16,9 @@ from agent.chat_mode import chat_status, llm_configured
 from core import jobs, migrate
 from core.db import session_scope
 from core.dbclock import db_now
+from core.enums import JobKind, JobState
 from core.errors import DreambotError
+from core.job_results import SelftestResult
 from core.models import Job, Worker
 from core.queue import get_celery
 from core.settings import Settings
@@ -164,7 +166,7 @@ def check_workers(settings: Settings) -> Check:
 
 def check_selftest(settings: Settings, timeout: float) -> Check:
     """Send a selftest job through the queue and report what the worker sees."""
-    job = jobs.submit(settings, kind="selftest", max_attempts=1)
+    job = jobs.submit(settings, kind=JobKind.SELFTEST, max_attempts=1)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with session_scope(settings) as session:
@@ -175,20 +177,19 @@ def check_selftest(settings: Settings, timeout: float) -> Check:
     else:
         jobs.request_cancel(settings, job.id)
         return Check("gpu", False, f"no worker ran the selftest within {timeout:.0f}s")
-    if row.status != "succeeded" or row.result is None:
+    if row.status != JobState.SUCCEEDED or row.result is None:
         return Check("gpu", False, f"selftest {row.status}: {row.error}")
-    gpus = row.result.get("cuda_devices") or []
-    if not gpus:
-        torch = row.result.get("torch") or "not installed (pip install 'dreambot[worker]')"
+    seen = SelftestResult.read(row.result)
+    if not seen.cuda_devices:
+        torch = seen.torch or "not installed (pip install 'dreambot[worker]')"
         return Check(
             "gpu",
             False,
-            f"worker {row.result.get('worker')}: no CUDA GPU (torch {torch}); "
-            "training and sampling will be slow on CPU",
+            f"worker {seen.worker}: no CUDA GPU (torch {torch}); training and sampling will be slow on CPU",
             required=False,
         )
-    names = ", ".join(f"{g['name']} {g['free_gb']}/{g['total_gb']} GB free" for g in gpus)
-    return Check("gpu", True, f"worker {row.result.get('worker')}: {names}")
+    names = ", ".join(f"{g.name} {g.free_gb}/{g.total_gb} GB free" for g in seen.cuda_devices)
+    return Check("gpu", True, f"worker {seen.worker}: {names}")
 
 
 def run_checks(settings: Settings, selftest_timeout: float = 30) -> list[Check]:

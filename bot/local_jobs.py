@@ -22,12 +22,15 @@ from core import jobs
 from core.actions.actor import Actor
 from core.actions.people import person
 from core.db import session_scope
+from core.enums import JobState, Platform
 from core.errors import NotFound
+from core.job_progress import JobProgress
+from core.job_results import JobResult
 from core.models import Image, Job, Subject
 from core.settings import Settings
 from core.storage import storage_from_settings
 
-CLI_PLATFORM = "cli"
+CLI_PLATFORM = Platform.CLI
 
 
 def cli_user(settings: Settings) -> Actor:
@@ -48,7 +51,7 @@ def subject_ids_by_name(settings: Settings, user_id: int, names: list[str]) -> l
     return ids
 
 
-def run_or_follow(settings: Settings, job_id: int, body: Callable[[Any], dict[str, Any]]) -> Job:
+def run_or_follow(settings: Settings, job_id: int, body: Callable[[Any], JobResult]) -> Job:
     """Run job `job_id` here if nobody claimed it yet, else follow it; returns the final row."""
     from gpu_worker.runtime import run_job
 
@@ -63,12 +66,12 @@ def run_or_follow(settings: Settings, job_id: int, body: Callable[[Any], dict[st
     with tqdm(total=100, unit="%", desc=f"job #{job_id}", bar_format="{l_bar}{bar}| {postfix}") as bar:
         while True:
             job = jobs.get_job(settings, job_id)
-            progress = job.progress or {}
-            if progress.get("total"):
-                bar.n = round(100 * int(progress.get("step", 0)) / max(1, int(progress["total"])))
-            bar.set_postfix_str(f"{job.status} {progress.get('phase', '')}".strip())
+            progress = JobProgress.read(job.progress)
+            if progress.total:
+                bar.n = round(100 * (progress.step or 0) / max(1, progress.total))
+            bar.set_postfix_str(f"{job.status} {progress.phase or ''}".strip())
             if job.status in jobs.TERMINAL:
-                bar.n = 100 if job.status == "succeeded" else bar.n
+                bar.n = 100 if job.status == JobState.SUCCEEDED else bar.n
                 bar.refresh()
                 return job
             time.sleep(0.5)

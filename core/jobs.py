@@ -23,7 +23,10 @@ from sqlalchemy.orm import Session
 from core import queue as queues
 from core.db import rows_changed, session_scope
 from core.dbclock import db_now
+from core.enums import JobKind, JobState
 from core.errors import IllegalTransition, LeaseLost, NotFound
+from core.job_progress import JobProgress
+from core.job_results import JobResult
 from core.logs import bind_job
 from core.models import Image, Job, Subject
 from core.quotas import check_job_quota
@@ -31,20 +34,20 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TRANSITIONS: dict[str, set[str]] = {
-    "queued": {"running", "cancelled", "failed"},
-    "running": {"succeeded", "failed", "cancelled", "queued"},
-    "succeeded": set(),
-    "failed": set(),
-    "cancelled": set(),
+TRANSITIONS: dict[JobState, set[JobState]] = {
+    JobState.QUEUED: {JobState.RUNNING, JobState.CANCELLED, JobState.FAILED},
+    JobState.RUNNING: {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED},
+    JobState.SUCCEEDED: set(),
+    JobState.FAILED: set(),
+    JobState.CANCELLED: set(),
 }
 TERMINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 
 
-def check_transition(old: str, new: str) -> None:
+def check_transition(old: JobState, new: JobState) -> None:
     """Raise `IllegalTransition` unless the lifecycle allows `old -> new`."""
     if new not in TRANSITIONS.get(old, set()):
-        raise IllegalTransition(f"a job cannot go from {old!r} to {new!r}")
+        raise IllegalTransition(f"a job cannot go from '{old}' to '{new}'")
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Lease:
 def submit(
     settings: Settings,
     *,
-    kind: str,
+    kind: JobKind | str,
     params: dict[str, Any] | None = None,
     owner_id: int | None = None,
     subject_ids: Iterable[int] = (),
@@ -70,7 +73,7 @@ def submit(
     idempotency_key: str | None = None,
     queue: str | None = None,
     max_attempts: int | None = None,
-    progress: dict[str, Any] | None = None,
+    progress: JobProgress | None = None,
 ) -> Job:
     """Create a job (quota-checked, idempotent on its key), then send its task by name.
 
@@ -79,7 +82,8 @@ def submit(
     shows until the worker reports (a training's photo strip).
     """
     if kind not in queues.TASK_NAMES:
-        raise ValueError(f"unknown job kind {kind!r}")
+        raise ValueError(f"unknown job kind {str(kind)!r}")
+    kind = JobKind(kind)
     params = dict(params or {})
     with session_scope(settings) as session:
         existing = _by_key(session, idempotency_key)
@@ -93,7 +97,7 @@ def submit(
             owner_id=owner_id,
             conversation_id=conversation_id,
             params=params,
-            progress=dict(progress or {}),
+            progress=progress.to_json() if progress else {},
             idempotency_key=idempotency_key,
             max_attempts=max_attempts or settings.max_attempts,
         )
@@ -156,9 +160,9 @@ def claim(settings: Settings, job_id: int, worker: str) -> Lease | None:
         changed = rows_changed(
             session,
             update(Job)
-            .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
+            .where(Job.id == job_id, Job.status == JobState.QUEUED, Job.cancel_requested.is_(False))
             .values(
-                status="running",
+                status=JobState.RUNNING,
                 attempt=Job.attempt + 1,
                 worker=worker,
                 claimed_at=db_now(),
@@ -178,8 +182,8 @@ def claim(settings: Settings, job_id: int, worker: str) -> Lease | None:
 def _cancel_if_requested(session: Session, job_id: int) -> None:
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(True))
-        .values(status="cancelled", finished_at=db_now())
+        .where(Job.id == job_id, Job.status == JobState.QUEUED, Job.cancel_requested.is_(True))
+        .values(status=JobState.CANCELLED, finished_at=db_now())
     )
 
 
@@ -193,7 +197,7 @@ def _write_in(session: Session, lease: Lease, **values: Any) -> None:
     changed = rows_changed(
         session,
         update(Job)
-        .where(Job.id == lease.job_id, Job.attempt == lease.attempt, Job.status == "running")
+        .where(Job.id == lease.job_id, Job.attempt == lease.attempt, Job.status == JobState.RUNNING)
         .values(heartbeat_at=db_now(), **values)
         .execution_options(synchronize_session=False),
     )
@@ -208,8 +212,9 @@ def heartbeat(settings: Settings, lease: Lease) -> bool:
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == lease.job_id)))
 
 
-def report_progress(settings: Settings, lease: Lease, progress: dict[str, Any]) -> None:
-    _write(settings, lease, progress=progress)
+def report_progress(settings: Settings, lease: Lease, progress: JobProgress) -> None:
+    """Replace the job's progress (each report is whole, not a change to the last one)."""
+    _write(settings, lease, progress=progress.to_json())
 
 
 def add_image(
@@ -238,34 +243,35 @@ def add_image(
         return image.id
 
 
-def finish(settings: Settings, lease: Lease, result: dict[str, Any] | None = None) -> None:
+def finish(settings: Settings, lease: Lease, result: JobResult | None = None) -> None:
     """running -> succeeded."""
-    _write(settings, lease, status="succeeded", result=result or {}, finished_at=db_now())
+    stored = result.to_json() if result is not None else {}
+    _write(settings, lease, status=JobState.SUCCEEDED, result=stored, finished_at=db_now())
 
 
-def fail(settings: Settings, lease: Lease, error: str, *, retry: bool = False) -> str:
+def fail(settings: Settings, lease: Lease, error: str, *, retry: bool = False) -> JobState:
     """running -> queued (when `retry` and attempts remain) or failed. Returns the new state."""
     with session_scope(settings) as session:
         job = session.get(Job, lease.job_id)
         retrying = retry and job is not None and job.attempt < job.max_attempts
         if retrying:
-            _write_in(session, lease, status="queued", worker=None, error=error[:2000])
+            _write_in(session, lease, status=JobState.QUEUED, worker=None, error=error[:2000])
         else:
-            _write_in(session, lease, status="failed", error=error[:2000], finished_at=db_now())
+            _write_in(session, lease, status=JobState.FAILED, error=error[:2000], finished_at=db_now())
     if retrying and job is not None:
         send(settings, job)
-    return "queued" if retrying else "failed"
+    return JobState.QUEUED if retrying else JobState.FAILED
 
 
 def mark_cancelled(settings: Settings, lease: Lease) -> None:
     """running -> cancelled, by the worker that noticed `cancel_requested`."""
-    _write(settings, lease, status="cancelled", finished_at=db_now())
+    _write(settings, lease, status=JobState.CANCELLED, finished_at=db_now())
 
 
 # -- anyone: cancel --------------------------------------------------------------------
 
 
-def request_cancel(settings: Settings, job_id: int) -> str:
+def request_cancel(settings: Settings, job_id: int) -> JobState:
     """Cancel a queued job at once, or ask the running worker to stop. Returns the state."""
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
@@ -277,13 +283,13 @@ def request_cancel(settings: Settings, job_id: int) -> str:
         changed = rows_changed(
             session,
             update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(status="cancelled", finished_at=db_now()),
+            .where(Job.id == job_id, Job.status == JobState.QUEUED)
+            .values(status=JobState.CANCELLED, finished_at=db_now()),
         )
-        return "cancelled" if changed == 1 else "running"
+        return JobState.CANCELLED if changed == 1 else JobState.RUNNING
 
 
-def transition(settings: Settings, job_id: int, new: str, **values: Any) -> None:
+def transition(settings: Settings, job_id: int, new: JobState, **values: Any) -> None:
     """An administrative state change (dashboard retry/fail), checked against the lifecycle."""
     with session_scope(settings) as session:
         job = session.get(Job, job_id, with_for_update=True)

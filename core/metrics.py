@@ -41,6 +41,10 @@ from sqlalchemy.orm import Session
 from core import stats
 from core.db import session_scope
 from core.dbclock import db_now
+from core.enums import FINISHED_STATES as FINISHED
+from core.enums import JobKind, JobState
+from core.job_progress import JobProgress
+from core.job_results import SampleResult, TrainingResult
 from core.models import (
     JOB_KINDS,
     JOB_STATES,
@@ -61,7 +65,6 @@ log = logging.getLogger(__name__)
 # Sampling takes seconds, training up to hours: one set of buckets covers both.
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 RECENT = 3600.0  # window, seconds, of the "recent" rate gauges
-FINISHED = ("succeeded", "failed", "cancelled")
 __all__ = ["CONTENT_TYPE_LATEST", "DreambotCollector", "make_registry", "render"]
 
 
@@ -170,9 +173,11 @@ def training_families(session: Session) -> Iterator[GaugeMetricFamily]:
         labels=["job_id", "worker"],
     )
     for job_id, worker, progress in session.execute(
-        select(Job.id, Job.worker, Job.progress).where(Job.kind == "train", Job.status == "running")
+        select(Job.id, Job.worker, Job.progress).where(
+            Job.kind == JobKind.TRAIN, Job.status == JobState.RUNNING
+        )
     ).tuples():
-        rate = _positive((progress or {}).get("steps_per_s"))
+        rate = _positive(JobProgress.read(progress).steps_per_s)
         if rate:
             running.add_metric([str(job_id), worker or ""], 1.0 / rate)
     yield running
@@ -183,12 +188,12 @@ def training_families(session: Session) -> Iterator[GaugeMetricFamily]:
     steps = seconds = 0.0
     for (stored,) in session.execute(
         select(Job.result).where(
-            Job.kind == "train", Job.status == "succeeded", Job.finished_at >= db_now(-RECENT)
+            Job.kind == JobKind.TRAIN, Job.status == JobState.SUCCEEDED, Job.finished_at >= db_now(-RECENT)
         )
     ).tuples():
-        result: dict[str, Any] = stored or {}
-        rate = _positive(result.get("steps_per_s"))
-        trained = _positive((result.get("steps") or 0) - (result.get("resumed_from") or 0))
+        result = TrainingResult.read(stored)
+        rate = _positive(result.steps_per_s)
+        trained = _positive(result.steps - result.resumed_from)
         if rate and trained:
             steps += trained
             seconds += trained / rate
@@ -206,11 +211,11 @@ def sampling_family(session: Session) -> GaugeMetricFamily:
     images = seconds = 0.0
     for stored, took in session.execute(
         select(Job.result, span).where(
-            Job.kind == "sample", Job.status == "succeeded", Job.finished_at >= db_now(-RECENT)
+            Job.kind == JobKind.SAMPLE, Job.status == JobState.SUCCEEDED, Job.finished_at >= db_now(-RECENT)
         )
     ).tuples():
-        result = stored or {}
-        images += len(result.get("images") or []) + int(result.get("blocked") or 0)
+        result = SampleResult.read(stored)
+        images += len(result.images) + result.blocked
         seconds += max(float(took or 0.0), 0.0)
     if images and seconds:
         family.add_metric([], images / seconds)

@@ -7,7 +7,8 @@ a worker's, so leases and sweeps agree across hosts.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -22,12 +23,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     false,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from core.dbclock import db_now
+from core.enums import ACTIVE_STATES as ACTIVE_STATES  # read from here by older callers
+from core.enums import JobKind, JobState
 
 # Stable constraint names so Alembic can alter them (SQLite batch mode needs names).
 NAMING_CONVENTION = {
@@ -38,16 +43,37 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_KINDS = ("train", "sample", "selftest")
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_KINDS = tuple(JobKind)
+JOB_STATES = tuple(JobState)
 WORKER_STATES = ("starting", "warming", "ready")  # gpu_worker.warmup
-ACTIVE_STATES = ("queued", "running")
 OUTBOX_STATES = ("pending", "posting", "posted", "failed")
 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class EnumString(TypeDecorator[E]):
+    """A VARCHAR holding a `StrEnum`'s value: written as the plain string (never the
+    member, which a driver might adapt by its name), read back as the member. An
+    unknown value is an error both ways: these are closed lists (`core.enums`)."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum_class: type[E], length: int) -> None:
+        super().__init__(length)
+        self.enum_class = enum_class  # named as the argument: part of the cache key
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum_class(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum_class(value)
 
 
 def _now() -> Mapped[datetime]:
@@ -164,19 +190,19 @@ class Job(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[JobKind] = mapped_column(EnumString(JobKind, 16))
     queue: Mapped[str] = mapped_column(String(64))
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     subject_id: Mapped[int | None] = mapped_column(ForeignKey("subjects.id", ondelete="SET NULL"), index=True)
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id", ondelete="SET NULL"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
-    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[JobState] = mapped_column(EnumString(JobState, 16), default=JobState.QUEUED)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)  # core.job_progress.JobProgress
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     worker: Mapped[str | None] = mapped_column(String(128))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # core.job_results, by kind
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = _now()

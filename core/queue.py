@@ -12,16 +12,17 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from core.enums import JobKind
 from core.fs_transport import TRANSPORT
 from core.settings import Settings
 
 TRAIN, SAMPLE = "train", "sample"
 TASK_NAMES = {
-    "train": "gpu_worker.train",
-    "sample": "gpu_worker.sample",
-    "selftest": "gpu_worker.selftest",
+    JobKind.TRAIN: "gpu_worker.train",
+    JobKind.SAMPLE: "gpu_worker.sample",
+    JobKind.SELFTEST: "gpu_worker.selftest",
 }
-DEFAULT_QUEUE = {"train": TRAIN, "sample": SAMPLE, "selftest": SAMPLE}
+DEFAULT_QUEUE = {JobKind.TRAIN: TRAIN, JobKind.SAMPLE: SAMPLE, JobKind.SELFTEST: SAMPLE}
 
 _apps: dict[str, Celery] = {}
 _lock = threading.Lock()
@@ -67,7 +68,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_queues=[Queue(train_q), Queue(sample_q)],
         task_default_queue=sample_q,
-        task_routes={TASK_NAMES["train"]: {"queue": train_q}},
+        task_routes={TASK_NAMES[JobKind.TRAIN]: {"queue": train_q}},
         broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         # The filesystem transport has no broadcast for remote control or events.
@@ -90,6 +91,6 @@ def get_celery(settings: Settings) -> Celery:
         return _apps[key]
 
 
-def send_job(settings: Settings, kind: str, job_id: int, queue: str) -> None:
+def send_job(settings: Settings, kind: JobKind, job_id: int, queue: str) -> None:
     """Ring the doorbell for job `job_id`. The database row is the promise, not this."""
     get_celery(settings).send_task(TASK_NAMES[kind], args=[job_id], queue=queue)

@@ -16,12 +16,12 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from core.dbclock import db_now
+from core.enums import FINISHED_STATES as FINISHED
 from core.models import JOB_STATES, Job, LLMUsage, Worker
 from core.settings import Settings
 
 Bucket = Literal["day", "hour"]
 DAY = 24 * 3600.0
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def _bucket(session: Session, column: Any, bucket: Bucket) -> ColumnElement[str]:
@@ -35,7 +35,7 @@ def _bucket(session: Session, column: Any, bucket: Bucket) -> ColumnElement[str]
 
 def jobs_by_status(session: Session) -> dict[str, int]:
     """Count of every job per state; states with no job are 0 (so charts keep their shape)."""
-    counts = dict.fromkeys(JOB_STATES, 0)
+    counts: dict[str, int] = dict.fromkeys(JOB_STATES, 0)
     for status, n in session.execute(select(Job.status, func.count()).group_by(Job.status)):
         counts[status] = int(n)
     return counts

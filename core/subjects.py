@@ -17,7 +17,9 @@ from sqlalchemy import select
 from core import jobs
 from core.db import session_scope
 from core.dbclock import db_now
+from core.enums import JobKind
 from core.errors import UserFacingError
+from core.job_progress import JobProgress
 from core.models import Job, Subject, User
 from core.names import kind_of, subject_names
 from core.photo_quality import PhotoReport, PhotoThresholds, check_photos
@@ -25,6 +27,7 @@ from core.photos import check_photo, store_subject_photos
 from core.quotas import check_job_quota
 from core.settings import Settings
 from core.storage import storage_from_settings
+from core.train_request import TrainRequest
 
 MIN_PHOTOS, MAX_PHOTOS = 3, 10
 RARE_TOKENS = ("zwx", "sks", "ohwx", "qzv", "vkb", "xjy", "pqd", "wlx", "tzk", "bfy")
@@ -183,15 +186,14 @@ def start_training(
         )
         job = jobs.submit(
             settings,
-            kind="train",
+            kind=JobKind.TRAIN,
             owner_id=owner_id,
             subject_ids=[subject_id],
             conversation_id=conversation_id,
             idempotency_key=idempotency_key,
-            params={
-                "subject_kind": subject_kind or kind_of(class_noun),
-                **({"config": config} if config else {}),
-            },
+            params=TrainRequest(
+                subject_kind=subject_kind or kind_of(class_noun), config=config or {}
+            ).to_params(),
             progress=_strip_preview(report),
         )
     except BaseException:
@@ -200,11 +202,11 @@ def start_training(
     return TrainingStarted(subject_id, job.id, token, False, len(report.kept))
 
 
-def _strip_preview(report: PhotoReport) -> dict[str, str]:
+def _strip_preview(report: PhotoReport) -> JobProgress:
     """The card's picture until training reports its own: the crops it will learn from."""
     if not report.strip:
-        return {}
-    return {"preview": "data:image/jpeg;base64," + base64.b64encode(report.strip).decode()}
+        return JobProgress()
+    return JobProgress(preview="data:image/jpeg;base64," + base64.b64encode(report.strip).decode())
 
 
 def delete_subject(settings: Settings, subject_id: int) -> int:

@@ -20,6 +20,7 @@ from sqlalchemy import or_, select, update
 from core import jobs
 from core.db import rows_changed, session_scope
 from core.dbclock import db_now
+from core.enums import JobState
 from core.models import Job
 from core.settings import Settings
 
@@ -48,18 +49,18 @@ def _reclaim_stale(settings: Settings, report: SweepReport) -> None:
     with session_scope(settings) as session:
         stale = session.execute(
             select(Job.id, Job.attempt, Job.max_attempts, Job.cancel_requested).where(
-                Job.status == "running", Job.heartbeat_at < db_now(-settings.lease_timeout)
+                Job.status == JobState.RUNNING, Job.heartbeat_at < db_now(-settings.lease_timeout)
             )
         ).all()
     for job_id, attempt, max_attempts, cancel in stale:
         values: dict[str, Any]
         if cancel:
-            new, values, bucket = "cancelled", {"finished_at": db_now()}, report.cancelled
+            new, values, bucket = JobState.CANCELLED, {"finished_at": db_now()}, report.cancelled
         elif attempt < max_attempts:
-            new, values, bucket = "queued", {"worker": None, "sent_at": None}, report.requeued
+            new, values, bucket = JobState.QUEUED, {"worker": None, "sent_at": None}, report.requeued
         else:
             error = f"the worker stopped responding (attempt {attempt} of {max_attempts})"
-            new, values, bucket = "failed", {"error": error, "finished_at": db_now()}, report.failed
+            new, values, bucket = JobState.FAILED, {"error": error, "finished_at": db_now()}, report.failed
         with session_scope(settings) as session:
             # Conditional on the attempt we saw: a worker that heartbeats in between wins.
             changed = rows_changed(
@@ -68,7 +69,7 @@ def _reclaim_stale(settings: Settings, report: SweepReport) -> None:
                 .where(
                     Job.id == job_id,
                     Job.attempt == attempt,
-                    Job.status == "running",
+                    Job.status == JobState.RUNNING,
                     Job.heartbeat_at < db_now(-settings.lease_timeout),
                 )
                 .values(status=new, **values),
@@ -82,7 +83,7 @@ def _resend_unclaimed(settings: Settings, report: SweepReport) -> None:
         waiting = list(
             session.scalars(
                 select(Job).where(
-                    Job.status == "queued",
+                    Job.status == JobState.QUEUED,
                     or_(Job.sent_at.is_(None), Job.sent_at < db_now(-settings.resend_after)),
                 )
             )

@@ -190,7 +190,8 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
+    """A pydantic error about training settings, in one line a person can act on."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ())) or "config"
@@ -226,4 +227,4 @@ def build_config(
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        raise TrainConfigError(f"bad training config: {_describe(exc)}") from None
+        raise TrainConfigError(f"bad training config: {describe_errors(exc)}") from None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from core.errors import UserFacingError
+from core.job_progress import JobPhase, JobProgress
 from core.settings import Settings
 from gpu_worker.hub_models import Download, OnProgress, find_pulled, pull
 from gpu_worker.model_cache import is_storage_model, resolve_base_model
@@ -45,7 +46,9 @@ def model_kind(name: str) -> Kind:
     return "hub"
 
 
-_reporter: ContextVar[Callable[..., None] | None] = ContextVar("dreambot_download_reporter", default=None)
+_reporter: ContextVar[Callable[[JobProgress], None] | None] = ContextVar(
+    "dreambot_download_reporter", default=None
+)
 _may_download: ContextVar[bool] = ContextVar("dreambot_may_download", default=True)
 
 
@@ -62,8 +65,8 @@ def without_downloads() -> Iterator[None]:
 
 
 @contextmanager
-def report_downloads_to(progress: Callable[..., None]) -> Iterator[None]:
-    """Base model downloads inside this block report to a job's `progress(**values)`."""
+def report_downloads_to(progress: Callable[[JobProgress], None]) -> Iterator[None]:
+    """Base model downloads inside this block report to a job's `progress(report)`."""
     token = _reporter.set(progress)
     try:
         yield
@@ -71,10 +74,12 @@ def report_downloads_to(progress: Callable[..., None]) -> Iterator[None]:
         _reporter.reset(token)
 
 
-def _to_job(progress: Callable[..., None]) -> OnProgress:
+def _to_job(progress: Callable[[JobProgress], None]) -> OnProgress:
     def report(d: Download) -> None:
         eta = round(d.eta) if d.eta is not None else None
-        progress(phase="downloading", step=d.done, total=d.total, speed=round(d.speed), eta=eta)
+        progress(
+            JobProgress(phase=JobPhase.DOWNLOADING, step=d.done, total=d.total, speed=round(d.speed), eta=eta)
+        )
 
     return report
 

@@ -1,7 +1,8 @@
 """Running one job inside a worker: claim, heartbeat, cancel, finish — around a body.
 
-A task calls `run_job(settings, job_id, worker, body)`. `body(ctx)` does the work and
-returns the result dict; everything about leases lives here, so tasks stay short.
+A task calls `run_job(settings, job_id, worker, body)`. `body(ctx)` does the work,
+reporting `JobProgress` through `ctx.progress`, and returns its kind's result model
+(`core.job_results`); everything about leases lives here, so tasks stay short.
 Only errors named in `TRANSIENT` are retried (with the sweeper's backoff); anything else
 fails the job with a message, once.
 """
@@ -18,7 +19,10 @@ from sqlalchemy.exc import OperationalError
 
 from core import jobs
 from core.db import session_scope
+from core.enums import JobKind, JobState
 from core.errors import JobCancelled, LeaseLost, UserFacingError
+from core.job_progress import JobProgress
+from core.job_results import JobResult
 from core.logs import bind_job
 from core.models import Job
 from core.settings import Settings
@@ -34,16 +38,16 @@ TRANSIENT: tuple[type[BaseException], ...] = (OperationalError, ConnectionError,
 class JobContext:
     settings: Settings
     lease: jobs.Lease
-    kind: str
+    kind: JobKind
     params: dict[str, Any]
     owner_id: int | None
     subject_ids: list[int]
     _cancel: threading.Event = field(default_factory=threading.Event)
 
-    def progress(self, **values: Any) -> None:
+    def progress(self, report: JobProgress) -> None:
         """Write progress (also a heartbeat). Raises `JobCancelled` when asked to stop."""
         self.check_cancelled()
-        jobs.report_progress(self.settings, self.lease, values)
+        jobs.report_progress(self.settings, self.lease, report)
 
     def check_cancelled(self) -> None:
         if self._cancel.is_set():
@@ -92,9 +96,10 @@ def _context(settings: Settings, lease: jobs.Lease) -> JobContext:
         )
 
 
-def run_job(
-    settings: Settings, job_id: int, worker: str, body: Callable[[JobContext], dict[str, Any]]
-) -> str | None:
+Body = Callable[[JobContext], JobResult]
+
+
+def run_job(settings: Settings, job_id: int, worker: str, body: Body) -> str | None:
     """Claim `job_id` and run `body` under its lease. Returns the final state, or None
     when the job was not ours to run (gone, claimed elsewhere, finished: a duplicate)."""
     with bind_job(job_id):  # every line logged for this job carries its id
@@ -114,7 +119,7 @@ def run_job(
         return state
 
 
-def _finish(settings: Settings, ctx: JobContext, body: Callable[[JobContext], dict[str, Any]]) -> str:
+def _finish(settings: Settings, ctx: JobContext, body: Body) -> str:
     lease = ctx.lease
     try:
         try:
@@ -122,10 +127,10 @@ def _finish(settings: Settings, ctx: JobContext, body: Callable[[JobContext], di
                 result = body(ctx)
             ctx.check_cancelled()
             jobs.finish(settings, lease, result)
-            return "succeeded"
+            return JobState.SUCCEEDED
         except JobCancelled:
             jobs.mark_cancelled(settings, lease)
-            return "cancelled"
+            return JobState.CANCELLED
         except UserFacingError as exc:
             return jobs.fail(settings, lease, str(exc))
         except TRANSIENT as exc:

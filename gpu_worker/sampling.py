@@ -25,6 +25,8 @@ from core import jobs
 from core.db import session_scope
 from core.errors import NotFound, UserFacingError
 from core.image_codec import png_with_metadata
+from core.job_progress import JobPhase, JobProgress
+from core.job_results import SampleResult, StoredImage
 from core.models import Image, Job, Subject
 from core.sample_request import (
     MAX_SEED,
@@ -57,7 +59,7 @@ class SubjectInfo:
     artifact_sha256: str
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
+def run(ctx: JobContext) -> SampleResult:
     settings = ctx.settings
     req = parse_sample_request(ctx.params)
     subject_ids = list(dict.fromkeys([*ctx.subject_ids, *req.subject_ids]))
@@ -86,10 +88,10 @@ def run(ctx: JobContext) -> dict[str, Any]:
     with resident.lock:
         resident.use_adapters(refs, settings)
         images, flagged, steps_run = generate(resident, settings, req, prompt, seeds, source, _reporter(ctx))
-    ctx.progress(step=steps_run, total=steps_run, phase="saving")
+    ctx.progress(JobProgress(phase=JobPhase.SAVING, step=steps_run, total=steps_run))
     result = _store(ctx, req, prompt, subjects, seeds, images, flagged)
     # Whether a safety checker looked at these pictures (the model may ship without one).
-    result["safety_checked"] = bool(settings.nsfw_filter and resident.safety_checker is not None)
+    result.safety_checked = bool(settings.nsfw_filter and resident.safety_checker is not None)
     return result
 
 
@@ -157,7 +159,7 @@ def _reporter(ctx: JobContext) -> StepReporter:
             return
         last[0] = now
         preview = latent_preview(latents[0].detach().float().cpu().numpy())
-        ctx.progress(step=step, total=total, phase="sampling", preview=preview)
+        ctx.progress(JobProgress(phase=JobPhase.SAMPLING, step=step, total=total, preview=preview))
 
     return report
 
@@ -170,10 +172,10 @@ def _store(
     seeds: list[int],
     images: list[PILImage.Image],
     flagged: list[bool],
-) -> dict[str, Any]:
+) -> SampleResult:
     settings = ctx.settings
     storage = storage_from_settings(settings)
-    stored: list[dict[str, Any]] = []
+    stored: list[StoredImage] = []
     for i, (image, seed, bad) in enumerate(zip(images, seeds, flagged, strict=True)):
         if bad:  # never stored, so never posted
             continue
@@ -202,22 +204,18 @@ def _store(
             width=image.width,
             height=image.height,
         )
-        stored.append(
-            {"id": image_id, "key": key, "seed": seed, "width": image.width, "height": image.height}
-        )
+        stored.append(StoredImage(id=image_id, key=key, seed=seed, width=image.width, height=image.height))
     blocked = len(images) - len(stored)
-    result: dict[str, Any] = {
-        "images": stored,
-        "image_ids": [s["id"] for s in stored],
-        "seeds": seeds,
-        "blocked": blocked,
-        "prompt": prompt,
-        "negative_prompt": req.negative_prompt,
-        "steps": req.steps,
-        "guidance_scale": req.guidance_scale,
-        "scheduler": req.scheduler,
-        "subject_ids": [s.id for s in subjects],
-    }
-    if blocked:
-        result["notice"] = BLOCKED_NOTICE.format(k=blocked, n=len(images))
-    return result
+    return SampleResult(
+        images=stored,
+        image_ids=[s.id for s in stored],
+        seeds=seeds,
+        blocked=blocked,
+        prompt=prompt,
+        negative_prompt=req.negative_prompt,
+        steps=req.steps,
+        guidance_scale=req.guidance_scale,
+        scheduler=req.scheduler,
+        subject_ids=[s.id for s in subjects],
+        notice=BLOCKED_NOTICE.format(k=blocked, n=len(images)) if blocked else None,
+    )

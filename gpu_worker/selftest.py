@@ -12,6 +12,8 @@ import socket
 import time
 from typing import Any
 
+from core.job_progress import JobPhase, JobProgress
+from core.job_results import SelftestResult
 from gpu_worker.runtime import JobContext
 
 
@@ -47,16 +49,18 @@ def describe_machine(data_dir: str, probe_gpus: bool = True) -> dict[str, Any]:
     return info
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
+def run(ctx: JobContext) -> SelftestResult:
     sleep = float(ctx.params.get("sleep", 0))
     steps = max(1, int(sleep / 0.25)) if sleep else 1
     for step in range(steps):
-        ctx.progress(step=step + 1, total=steps, phase="selftest")
+        ctx.progress(JobProgress(phase=JobPhase.SELFTEST, step=step + 1, total=steps))
         if sleep:
             time.sleep(sleep / steps)
     ctx.settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return {
-        "worker": ctx.lease.worker,
-        "attempt": ctx.lease.attempt,
-        **describe_machine(str(ctx.settings.data_dir)),
-    }
+    return SelftestResult.model_validate(
+        {
+            "worker": ctx.lease.worker,
+            "attempt": ctx.lease.attempt,
+            **describe_machine(str(ctx.settings.data_dir)),
+        }
+    )

@@ -16,6 +16,7 @@ from core import jobs as job_lifecycle
 from core import stats
 from core.actions import jobs as job_actions
 from core.db import session_scope
+from core.enums import JobKind, JobState
 from core.errors import DreambotError, UserFacingError
 from core.models import JOB_KINDS, JOB_STATES, Job, User
 
@@ -49,9 +50,9 @@ def job_list(request: Request, admin: Admin) -> HTMLResponse:
     direction = "asc" if q.get("dir") == "asc" else "desc"
     stmt = select(Job)
     if status in JOB_STATES:
-        stmt = stmt.where(Job.status == status)
+        stmt = stmt.where(Job.status == JobState(status))
     if kind in JOB_KINDS:
-        stmt = stmt.where(Job.kind == kind)
+        stmt = stmt.where(Job.kind == JobKind(kind))
     if owner.isdigit():
         stmt = stmt.where(Job.owner_id == int(owner))
     with session_scope(settings) as session:
@@ -110,7 +111,7 @@ def job_cancel(request: Request, job_id: int, admin: AdminPost) -> Response:
     except UserFacingError as exc:
         return back(f"/admin/jobs/{job_id}", err=str(exc))
     audit.record(settings, admin.username, "job.cancel", f"job:{job_id}", result=state)
-    message = "Cancelled." if state == "cancelled" else f"Cancel requested (the job is {state})."
+    message = "Cancelled." if state == JobState.CANCELLED else f"Cancel requested (the job is {state})."
     return back(f"/admin/jobs/{job_id}", msg=message)
 
 

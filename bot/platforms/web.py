@@ -28,7 +28,9 @@ from bot.delivery import OutMessage, Target, job_snapshot
 from bot.service import ConversationService, Origin, Reply, Upload
 from core import stats
 from core.db import session_scope
+from core.enums import JobState, Platform
 from core.errors import UserFacingError
+from core.job_progress import JobProgress
 from core.models import Conversation, ConversationMessage, Image, Job, User
 from core.names import NameRefused, subject_names
 from core.names import class_noun as checked_class_noun
@@ -38,7 +40,7 @@ from core.storage import storage_from_settings
 from core.uploads import CHUNK_BYTES, MAX_TOTAL_BYTES, UploadBudget, UploadTooLarge
 
 COOKIE = "dreambot_web"
-PLATFORM = "web"
+PLATFORM = Platform.WEB
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "web" / "templates"))
 STREAM_INTERVAL = 0.5
 MAX_FILES = 10
@@ -342,12 +344,12 @@ def replies_first(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _job_item(session: Any, job: Job) -> dict[str, Any]:
     card = render_card(job_snapshot(session, job))
-    progress = job.progress or {}
+    progress = JobProgress.read(job.progress)
     percent = None
-    if job.status == "running" and progress.get("total"):
-        percent = round(100 * int(progress.get("step", 0)) / max(1, int(progress["total"])))
+    if job.status == JobState.RUNNING and progress.total:
+        percent = round(100 * (progress.step or 0) / max(1, progress.total))
     shown = [i for i in job.images if i.hidden_at is None]  # reported images are hidden
-    image_ids = [i.id for i in sorted(shown, key=lambda i: i.id)] if job.status == "succeeded" else []
+    image_ids = [i.id for i in sorted(shown, key=lambda i: i.id)] if job.status == JobState.SUCCEEDED else []
     return {
         "type": "job",
         "id": job.id,

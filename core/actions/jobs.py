@@ -7,7 +7,6 @@ actions here first check that the job is theirs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
@@ -16,20 +15,22 @@ from core import jobs as lifecycle
 from core.actions.actor import Actor
 from core.actions.ownership import own_job
 from core.db import session_scope
+from core.enums import JobKind, JobState
 from core.errors import NotFound, Refused
+from core.job_progress import JobProgress
 from core.models import Job
 from core.settings import Settings
 
 RECENT = 5  # jobs in "your recent jobs"
-RETRYABLE = ("failed", "cancelled")
+RETRYABLE = (JobState.FAILED, JobState.CANCELLED)
 
 
 @dataclass(frozen=True)
 class JobView:
     id: int
-    kind: str
-    status: str
-    progress: dict[str, Any]
+    kind: JobKind
+    status: JobState
+    progress: JobProgress
     error: str | None
     image_ids: list[int]  # not hidden for review
 
@@ -40,7 +41,7 @@ class NotRetryable(Refused):
 
 def _view(job: Job) -> JobView:
     images = [i.id for i in job.images if i.hidden_at is None]
-    return JobView(job.id, job.kind, job.status, dict(job.progress or {}), job.error, images)
+    return JobView(job.id, job.kind, job.status, JobProgress.read(job.progress), job.error, images)
 
 
 def status(actor: Actor, job_id: int) -> JobView:

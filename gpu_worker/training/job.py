@@ -23,11 +23,14 @@ from core import jobs
 from core.db import session_scope
 from core.errors import LeaseLost, NotFound, UserFacingError
 from core.image_codec import png_with_metadata
+from core.job_progress import JobPhase, JobProgress
+from core.job_results import StoredImage, TrainingResult, TrainingValidation
 from core.models import Image, Subject
 from core.photos import validate_photo
 from core.settings import Settings
 from core.storage import Storage, storage_from_settings
 from core.train_config import TrainConfig, build_config
+from core.train_request import parse_train_request
 from gpu_worker import compile_store
 from gpu_worker.runtime import TRANSIENT, JobCancelled, JobContext
 from gpu_worker.training import checkpoint, resident
@@ -117,8 +120,8 @@ def train_subject(
     hooks: Hooks | None = None,
     config_files: tuple[str, ...] = (),
     lease: jobs.Lease | None = None,
-) -> dict[str, Any]:
-    """Train `subject_id` and store the result; returns the job's result dict.
+) -> TrainingResult:
+    """Train `subject_id` and store the result; returns the job's result.
 
     With `lease` (a job runs this), metrics go to TensorBoard under the job's id and the
     validation pictures are recorded as the job's images."""
@@ -127,7 +130,7 @@ def train_subject(
     storage = storage_from_settings(settings)
     info = _subject(settings, subject_id)
     cfg = resolve_config(settings, dict(overrides or {}), config_files)
-    hooks.progress(phase="loading")
+    hooks.progress(JobProgress(phase=JobPhase.LOADING))
     photos = _load_photos(storage, info)
     comps = resident.components(settings, info.base_model, Shape.planned(cfg))  # kept between jobs
     cfg = cfg.resolved(n_photos=len(photos), resolution=comps.native_resolution)
@@ -150,7 +153,7 @@ def _train(
     hooks: Hooks,
     lease: jobs.Lease | None,
     started: float,
-) -> dict[str, Any]:
+) -> TrainingResult:
     """`train_subject` once the model and photos are at hand."""
     assert cfg.resolution is not None
     subject_id = info.id
@@ -162,7 +165,7 @@ def _train(
 
     class_imgs, generated = [], 0
     if cfg.prior_preservation and cfg.prior_loss_weight > 0 and cfg.num_class_images > 0:
-        hooks.progress(phase="class_images", step=0, total=cfg.num_class_images)
+        hooks.progress(JobProgress(phase=JobPhase.CLASS_IMAGES, step=0, total=cfg.num_class_images))
         result = ensure_class_images(
             storage,
             base_model=info.base_model,
@@ -172,7 +175,9 @@ def _train(
             sample_steps=cfg.class_sample_steps,
             guidance_scale=cfg.class_guidance_scale,
             batch_size=cfg.class_batch_size,
-            progress=lambda done, total: hooks.progress(phase="class_images", step=done, total=total),
+            progress=lambda done, total: hooks.progress(
+                JobProgress(phase=JobPhase.CLASS_IMAGES, step=done, total=total)
+            ),
             settings=settings,
             comps=comps,
         )
@@ -181,7 +186,7 @@ def _train(
     config_dict = cfg.model_dump(mode="json")
     photo_ids = [f"{h}@{crop}" if crop else h for (_, h), crop in zip(info.photos, info.crops, strict=False)]
     fp = checkpoint.fingerprint(config_dict, info.base_model, photo_ids, len(class_imgs))
-    hooks.progress(phase="caching")
+    hooks.progress(JobProgress(phase=JobPhase.CACHING))
     store = compile_store.store_from_settings(settings) if wants_compile(cfg.compile, device) else None
     compiled_key = resident.compile_key(info.base_model, cfg, shape, bool(class_imgs))
     if store is not None:
@@ -219,15 +224,14 @@ def _train(
     if store is not None:
         store.save(compiled_key)  # what this run compiled, for every other worker
 
-    hooks.progress(phase="saving", step=trainer.step, total=cfg.steps)
+    hooks.progress(JobProgress(phase=JobPhase.SAVING, step=trainer.step, total=cfg.steps))
     key = artifact_key(subject_id, cfg.method)
-    extra: dict[str, Any] = {}
+    kohya: tuple[str, str] | None = None  # (key, sha256) of the kohya/A1111 copy
     with scratch_dir() as tmp:
         if cfg.method == "lora":
             main_path, kohya_path = write_lora(trainer, Path(tmp))
             with kohya_path.open("rb") as f:
-                extra["kohya_key"] = kohya_key(subject_id)
-                extra["kohya_sha256"] = storage.put(extra["kohya_key"], f)
+                kohya = (kohya_key(subject_id), storage.put(kohya_key(subject_id), f))
         else:
             main_path = write_full(trainer, Path(tmp))
         with main_path.open("rb") as f:
@@ -236,43 +240,46 @@ def _train(
         settings, subject_id, artifact_key=key, artifact_sha256=sha, status="ready", method=cfg.method
     )
     checkpoint.clear(storage, subject_id)
+    validation = None
     if lease is not None and cfg.validation_images:
-        extra["validation"] = _validate(settings, lease, trainer, info, hooks)
-        extra["image_ids"] = [im["id"] for im in extra["validation"].get("images", [])]
+        validation = _validate(settings, lease, trainer, info, hooks)
     trained = trainer.step - resumed_from
-    return {
-        "subject_id": subject_id,
-        "artifact_key": key,
-        "artifact_sha256": sha,
-        **extra,
-        "method": cfg.method,
-        "steps": trainer.step,
-        "resumed_from": resumed_from,
-        "checkpoints": stats.checkpoints,
-        "final_loss": stats.last_loss,
-        "instance_prompt": instance_prompt,
-        "class_prompt": class_prompt,
-        "class_images_used": len(class_imgs),
-        "class_images_generated": generated,
-        "precision": trainer.precision,
-        "seconds": round(time.monotonic() - started, 2),
-        "steps_per_s": round(trained / train_seconds, 3) if train_seconds > 0 and trained else None,
-        "config": config_dict,
-    }
+    return TrainingResult(
+        subject_id=subject_id,
+        artifact_key=key,
+        artifact_sha256=sha,
+        kohya_key=kohya[0] if kohya else None,
+        kohya_sha256=kohya[1] if kohya else None,
+        validation=validation,
+        image_ids=[im.id for im in validation.images or []] if validation else None,
+        method=cfg.method,
+        steps=trainer.step,
+        resumed_from=resumed_from,
+        checkpoints=stats.checkpoints,
+        final_loss=stats.last_loss,
+        instance_prompt=instance_prompt,
+        class_prompt=class_prompt,
+        class_images_used=len(class_imgs),
+        class_images_generated=generated,
+        precision=trainer.precision,
+        seconds=round(time.monotonic() - started, 2),
+        steps_per_s=round(trained / train_seconds, 3) if train_seconds > 0 and trained else None,
+        config=config_dict,
+    )
 
 
 def _validate(
     settings: Settings, lease: jobs.Lease, trainer: Trainer, info: SubjectInfo, hooks: Hooks
-) -> dict[str, Any]:
+) -> TrainingValidation:
     """Make, store and record the test pictures. Best effort: the model is already stored
     and the subject ready, so nothing here may fail the training; it says what happened."""
     from gpu_worker.training.validation import SCHEDULER, make_validation_images
 
     cfg = trainer.cfg
     prompt = cfg.validation_text(info.token, info.class_noun)
-    out: dict[str, Any] = {"prompt": prompt, "steps": cfg.validation_steps, "scheduler": SCHEDULER}
+    out = TrainingValidation(prompt=prompt, steps=cfg.validation_steps, scheduler=SCHEDULER)
     try:
-        hooks.progress(phase="validating", step=0, total=cfg.validation_images)
+        hooks.progress(JobProgress(phase=JobPhase.VALIDATING, step=0, total=cfg.validation_images))
         made = make_validation_images(
             trainer,
             prompt,
@@ -281,7 +288,8 @@ def _validate(
             guidance_scale=cfg.validation_guidance_scale,
             nsfw_filter=settings.nsfw_filter,
         )
-        out.update(blocked=made.blocked, safety_checked=made.safety_checked, images=[])
+        images: list[StoredImage] = []  # the result lists each picture once it is recorded
+        out.blocked, out.safety_checked, out.images = made.blocked, made.safety_checked, images
         storage = storage_from_settings(settings)
         with session_scope(settings) as s:  # rows of an earlier attempt would be duplicates
             s.execute(delete(Image).where(Image.job_id == lease.job_id))
@@ -308,28 +316,26 @@ def _validate(
                 width=image.width,
                 height=image.height,
             )
-            out["images"].append({"id": image_id, "key": key, "seed": seed})
-            hooks.progress(phase="validating", step=i + 1, total=cfg.validation_images)
+            images.append(StoredImage(id=image_id, key=key, seed=seed))
+            hooks.progress(JobProgress(phase=JobPhase.VALIDATING, step=i + 1, total=cfg.validation_images))
     except (JobCancelled, SoftTimeLimitExceeded, LeaseLost) as exc:
         log.info("validation images stopped early (%s)", type(exc).__name__)
-        out["error"] = "stopped early"
+        out.error = "stopped early"
     except Exception as exc:
         log.exception("validation images failed; the trained model is stored and usable")
-        out["error"] = f"{type(exc).__name__}: {exc}"
+        out.error = f"{type(exc).__name__}: {exc}"
     return out
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
-    """The `gpu_worker.train` job. params: {"subject_id"?: int, <TrainConfig keys>?, "config"?: {...}};
-    the subject defaults to the job's first subject."""
-    subject_id = ctx.params.get("subject_id") or (ctx.subject_ids[0] if ctx.subject_ids else None)
+def run(ctx: JobContext) -> TrainingResult:
+    """The `gpu_worker.train` job (params: a `core.train_request.TrainRequest`); the subject
+    defaults to the job's first subject."""
+    request = parse_train_request(ctx.params)
+    subject_id = request.subject_id or (ctx.subject_ids[0] if ctx.subject_ids else None)
     if subject_id is None:
         raise UserFacingError("This training job names no subject.")
-    # Training settings may sit at the top level of params ({"subject_kind": "pet"}) or
-    # under "config"; the latter wins.
-    overrides = {k: v for k, v in ctx.params.items() if k in TrainConfig.model_fields}
-    overrides.update(ctx.params.get("config") or {})
-    info = _subject(ctx.settings, int(subject_id))
+    overrides = request.overrides()
+    info = _subject(ctx.settings, subject_id)
     previous = info.status
     _set_subject(ctx.settings, info.id, status="training")
 

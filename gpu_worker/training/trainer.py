@@ -34,6 +34,7 @@ from diffusers.training_utils import compute_snr
 from PIL import Image
 
 from core.errors import JobCancelled, UserFacingError
+from core.job_progress import JobPhase, JobProgress
 from core.train_config import TrainConfig
 from gpu_worker.training import step_runner
 from gpu_worker.training.data import latent_distribution, token_ids
@@ -70,7 +71,7 @@ class Hooks:
     """How a run talks to the outside: progress (may raise to stop), lease check, checkpoints,
     and scalars for TensorBoard at each progress report."""
 
-    progress: Callable[..., None] = lambda **values: None
+    progress: Callable[[JobProgress], None] = lambda report: None
     may_write: Callable[[], bool] = lambda: True
     save_checkpoint: Callable[[int, dict[str, Any]], None] = lambda step, state: None
     metrics: Callable[[int, dict[str, float]], None] = lambda step, values: None
@@ -274,7 +275,7 @@ class Trainer:
         start_step, in_step = self.step, False
         self.stats.timings.append((self.step, started))
         try:
-            hooks.progress(phase="training", step=self.step, total=total)
+            hooks.progress(JobProgress(phase=JobPhase.TRAINING, step=self.step, total=total))
             while self.step < total:
                 in_step = True
                 self._loss_sum += self.train_step()
@@ -316,14 +317,16 @@ class Trainer:
         hooks.metrics(self.step, {"loss": loss, "lr": lr, "steps_per_s": recent})
         self._maybe_preview(now)
         hooks.progress(
-            phase="training",
-            step=self.step,
-            total=self.cfg.steps,
-            loss=round(loss, 6),
-            steps_per_s=round(rate, 3),
-            eta_s=None if eta is None else round(eta, 1),
-            device=self.acc.device.type,  # the card says "on this CPU" when it is one
-            **({"preview": self.preview} if self.preview else {}),
+            JobProgress(
+                phase=JobPhase.TRAINING,
+                step=self.step,
+                total=self.cfg.steps,
+                loss=round(loss, 6),
+                steps_per_s=round(rate, 3),
+                eta_s=None if eta is None else round(eta, 1),
+                device=self.acc.device.type,  # the card says "on this CPU" when it is one
+                preview=self.preview or None,
+            )
         )
 
     def _maybe_preview(self, now: float) -> None:

@@ -7,10 +7,13 @@ from typing import Any
 import pytest
 
 from bot.cards import JobSnapshot, render_card
+from core.job_progress import JobProgress
 
 
 def training_card(progress: dict[str, Any]) -> str:
-    job = JobSnapshot(7, "train", "running", progress, {}, None, None, 0, subject_name="Rex")
+    job = JobSnapshot(
+        7, "train", "running", JobProgress.model_validate(progress), {}, None, None, 0, subject_name="Rex"
+    )
     return render_card(job).text
 
 

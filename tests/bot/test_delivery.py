@@ -10,6 +10,8 @@ from bot.cards import JobSnapshot, parse_button_id, render_card
 from bot.delivery import Delivery, DeliveryError, OutMessage, Target
 from core import jobs
 from core.db import session_scope
+from core.job_progress import JobProgress
+from core.job_results import SampleResult, TrainingResult
 from core.models import Conversation, OutboxItem
 from core.settings import Settings
 from core.storage import storage_from_settings
@@ -69,7 +71,7 @@ async def test_card_is_edited_in_place_and_images_posted_once(sqlite_settings: S
     lease = jobs.claim(sqlite_settings, job.id, "w")
     assert lease is not None
     preview = base64.b64encode(png(1, 16)).decode()
-    jobs.report_progress(sqlite_settings, lease, {"step": 11, "total": 30, "preview": preview})
+    jobs.report_progress(sqlite_settings, lease, JobProgress(step=11, total=30, preview=preview))
     await run_passes(delivery, 2)  # the second pass has nothing new: no edit
     assert poster.log[1:] == [("edit", "m1", "🎨 1 image of “zwx dog” — 37%")]
     assert poster.messages["m1"].preview is not None
@@ -78,7 +80,7 @@ async def test_card_is_edited_in_place_and_images_posted_once(sqlite_settings: S
     image_id = jobs.add_image(
         sqlite_settings, lease, storage_key=key, seed=3, prompt="p", width=64, height=64
     )
-    jobs.finish(sqlite_settings, lease, {"image_ids": [image_id]})
+    jobs.finish(sqlite_settings, lease, SampleResult(image_ids=[image_id]))
     await run_passes(delivery, 3)
     verbs = [(verb, mid) for verb, mid, _ in poster.log[2:]]
     assert verbs == [("edit", "m1"), ("post", "m2")]  # card done, then the images, once
@@ -108,7 +110,9 @@ async def test_a_training_posts_its_test_pictures_only_when_it_made_some(sqlite_
                         sqlite_settings, lease, storage_key=key, seed=i, prompt="p", width=64, height=64
                     )
                 )
-        jobs.finish(sqlite_settings, lease, {"image_ids": image_ids if job is with_pictures else []})
+        jobs.finish(
+            sqlite_settings, lease, TrainingResult(image_ids=image_ids if job is with_pictures else [])
+        )
     await run_passes(delivery, 3)
     with session_scope(sqlite_settings) as s:
         kinds = sorted(s.execute(select(OutboxItem.job_id, OutboxItem.kind)).tuples())
@@ -169,7 +173,7 @@ def test_card_texts() -> None:
             1,
             "train",
             status,
-            kw.get("progress", {}),
+            JobProgress.model_validate(kw.get("progress", {})),
             {},
             None,
             kw.get("error"),
@@ -189,6 +193,6 @@ def test_card_texts() -> None:
 
 
 def test_sample_cards_name_subjects_not_tokens() -> None:
-    snap = JobSnapshot(2, "sample", "queued", {}, {"prompt": "a photo of zwx dog, on the moon", "n": 4}, None,
+    snap = JobSnapshot(2, "sample", "queued", JobProgress(), {"prompt": "a photo of zwx dog, on the moon", "n": 4}, None,
                        None, 1, "Rex", (("zwx", "dog", "Rex"),))  # fmt: skip
     assert render_card(snap).text == "🎨 4 images of “Rex, on the moon” — queued #1"

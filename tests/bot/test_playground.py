@@ -7,6 +7,8 @@ from fastapi.testclient import TestClient
 from bot.platforms.web import replies_first
 from bot.web.app import create_app
 from core import jobs
+from core.job_progress import JobPhase, JobProgress
+from core.job_results import SampleResult
 from core.settings import Settings
 from core.storage import storage_from_settings
 from tests.helpers.photos import PDF, jpeg, png
@@ -37,7 +39,7 @@ def test_train_and_watch_the_card(sqlite_settings: Settings) -> None:
 
     lease = jobs.claim(sqlite_settings, body["job_ids"][0], "w")
     assert lease is not None
-    jobs.report_progress(sqlite_settings, lease, {"step": 3, "total": 10, "phase": "training"})
+    jobs.report_progress(sqlite_settings, lease, JobProgress(step=3, total=10, phase=JobPhase.TRAINING))
     item = browser.get("/api/feed").json()["items"][0]
     assert item["percent"] == 30 and "30%" in item["text"]
 
@@ -66,7 +68,7 @@ def test_images_are_private_to_their_browser(sqlite_settings: Settings) -> None:
     image_id = jobs.add_image(
         sqlite_settings, lease, storage_key=f"jobs/{job_id}/0.png", seed=1, prompt="p", width=64, height=64
     )
-    jobs.finish(sqlite_settings, lease, {"image_ids": [image_id]})
+    jobs.finish(sqlite_settings, lease, SampleResult(image_ids=[image_id]))
     done = next(i for i in owner.get("/api/feed").json()["items"] if i.get("id") == job_id)
     assert done["images"] == [f"/api/images/{image_id}"] and any(
         b["label"] == "🎲 Reroll" for b in done["buttons"]

@@ -9,6 +9,7 @@ from bot.cards import button_id
 from bot.service import ConversationService, Origin, Upload
 from core import jobs
 from core.db import session_scope
+from core.job_results import SampleResult
 from core.models import Job, PlatformEvent, Subject, User
 from core.settings import Settings
 from tests.helpers.photos import PDF, corrupt_jpeg, huge_file, jpeg, png
@@ -67,7 +68,7 @@ async def ready_subject(settings: Settings, service: ConversationService) -> tup
     job_id = reply.job_ids[0]
     lease = jobs.claim(settings, job_id, "w")
     assert lease is not None
-    jobs.finish(settings, lease, {})
+    jobs.finish(settings, lease)
     with session_scope(settings) as s:
         job = s.get(Job, job_id)
         assert job is not None and job.subject_id is not None
@@ -83,7 +84,7 @@ def finish_sample(settings: Settings, job_id: int) -> int:
     image_id = jobs.add_image(
         settings, lease, storage_key=f"jobs/{job_id}/0.png", seed=1, prompt="p", width=64, height=64
     )
-    jobs.finish(settings, lease, {"image_ids": [image_id]})
+    jobs.finish(settings, lease, SampleResult(image_ids=[image_id]))
     return image_id
 
 

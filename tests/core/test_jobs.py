@@ -12,6 +12,8 @@ from core import jobs
 from core.db import session_scope
 from core.dbclock import db_now
 from core.errors import Blocked, IllegalTransition, LeaseLost, LLMBudgetExceeded, QuotaExceeded
+from core.job_progress import JobProgress
+from core.job_results import SelftestResult
 from core.models import Image, Job, LLMUsage, User
 from core.quotas import check_llm_budget
 from core.settings import Settings
@@ -54,17 +56,21 @@ def test_lifecycle_and_leases(db_settings: Settings) -> None:
     lease = jobs.claim(db_settings, job.id, "w1")
     assert lease is not None and lease.attempt == 1
     assert jobs.claim(db_settings, job.id, "w2") is None  # a duplicate message: quiet
-    jobs.report_progress(db_settings, lease, {"step": 1})
+    jobs.report_progress(db_settings, lease, JobProgress(step=1))
     image_id = jobs.add_image(
         db_settings, lease, storage_key="jobs/1/0.png", seed=7, prompt="p", width=64, height=64
     )
     assert image_id > 0
-    jobs.finish(db_settings, lease, {"ok": True})
+    jobs.finish(db_settings, lease, SelftestResult(worker="w1", attempt=1))
     done = jobs.get_job(db_settings, job.id)
-    assert (done.status, done.result, done.progress) == ("succeeded", {"ok": True}, {"step": 1})
+    assert (done.status, done.result, done.progress) == (
+        "succeeded",
+        {"worker": "w1", "attempt": 1, "cuda_devices": []},
+        {"step": 1},
+    )
     assert done.started_at is not None and done.finished_at is not None
     with pytest.raises(LeaseLost):
-        jobs.finish(db_settings, lease, {"again": True})  # finished: no more writes
+        jobs.finish(db_settings, lease, SelftestResult(worker="again"))  # finished: no more writes
 
 
 def test_a_swept_worker_can_no_longer_write(db_settings: Settings) -> None:
@@ -79,13 +85,13 @@ def test_a_swept_worker_can_no_longer_write(db_settings: Settings) -> None:
     for write in (
         lambda: jobs.heartbeat(db_settings, old),
         lambda: jobs.finish(db_settings, old),
-        lambda: jobs.report_progress(db_settings, old, {"x": 1}),
+        lambda: jobs.report_progress(db_settings, old, JobProgress(step=1)),
     ):
         with pytest.raises(LeaseLost):
             write()
     with pytest.raises(LeaseLost):
         jobs.add_image(db_settings, old, storage_key="k", seed=1, prompt="p", width=8, height=8)
-    jobs.finish(db_settings, new, {"by": "w2"})
+    jobs.finish(db_settings, new, SelftestResult(worker="w2"))
     final = jobs.get_job(db_settings, job.id)
     assert (final.status, final.attempt, final.worker) == ("succeeded", 2, "w2")
     with session_scope(db_settings) as s:

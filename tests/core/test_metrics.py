@@ -13,6 +13,8 @@ from bot.web.app import create_app
 from core import jobs
 from core.db import session_scope
 from core.dbclock import db_now
+from core.job_progress import JobPhase, JobProgress
+from core.job_results import JobResult, SampleResult, StoredImage, TrainingResult
 from core.models import Job, LLMUsage, Worker
 from core.settings import Settings
 from tests.helpers.profile import make_test_settings
@@ -37,7 +39,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def finish_after(settings: Settings, job_id: int, seconds: float, result: dict[str, Any]) -> None:
+def finish_after(settings: Settings, job_id: int, seconds: float, result: JobResult | None) -> None:
     """Claim, finish, and make the claim-to-finish span exactly `seconds` long."""
     lease = jobs.claim(settings, job_id, "w-online@test")
     assert lease is not None
@@ -51,13 +53,15 @@ def finish_after(settings: Settings, job_id: int, seconds: float, result: dict[s
 def some_history(settings: Settings) -> dict[str, int]:
     ids: dict[str, int] = {}
     sample = jobs.submit(settings, kind="sample", params={"prompt": "a dog"})
-    finish_after(settings, sample.id, 2.0, {"images": [{"id": i} for i in range(3)], "blocked": 1})
+    finish_after(
+        settings, sample.id, 2.0, SampleResult(images=[StoredImage(id=i) for i in range(3)], blocked=1)
+    )
     trained = jobs.submit(settings, kind="train")
-    finish_after(settings, trained.id, 42.0, {"steps": 100, "resumed_from": 20, "steps_per_s": 2.0})
+    finish_after(settings, trained.id, 42.0, TrainingResult(steps=100, resumed_from=20, steps_per_s=2.0))
     running = jobs.submit(settings, kind="train")
     lease = jobs.claim(settings, running.id, "w-online@test")
     assert lease is not None
-    jobs.report_progress(settings, lease, {"phase": "training", "step": 10, "steps_per_s": 4.0})
+    jobs.report_progress(settings, lease, JobProgress(phase=JobPhase.TRAINING, step=10, steps_per_s=4.0))
     failed = jobs.submit(settings, kind="selftest")
     lease = jobs.claim(settings, failed.id, "w-gone@test")
     assert lease is not None

@@ -22,6 +22,7 @@ from bot.cards import JobSnapshot, render_card
 from bot.delivery import job_snapshot
 from core import jobs, migrate
 from core.db import dispose_engines, session_scope
+from core.job_progress import JobProgress
 from core.models import Job, Subject
 from core.settings import Settings
 from gpu_worker.hub_models import find_pulled, select_files
@@ -107,14 +108,30 @@ def test_a_card_shows_the_download_with_speed_and_time_left(kind: str, title: st
     }
     card = render_card(
         JobSnapshot(
-            7, kind, "running", progress, {"n": 2, "prompt": "a photo of zwx dog"}, None, None, 0, "Rex"
+            7,
+            kind,
+            "running",
+            JobProgress.model_validate(progress),
+            {"n": 2, "prompt": "a photo of zwx dog"},
+            None,
+            None,
+            0,
+            "Rex",
         )
     )
     assert card.text == f"{title} — downloading the base model: 1.20GB of 5.49GB, 25.0MB/s, about 3 min left"
     starting = {**progress, "step": 0, "speed": 0, "eta": None}
     card = render_card(
         JobSnapshot(
-            7, kind, "running", starting, {"n": 2, "prompt": "a photo of zwx dog"}, None, None, 0, "Rex"
+            7,
+            kind,
+            "running",
+            JobProgress.model_validate(starting),
+            {"n": 2, "prompt": "a photo of zwx dog"},
+            None,
+            None,
+            0,
+            "Rex",
         )
     )
     assert card.text == f"{title} — downloading the base model: 0.00B of 5.49GB"

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from core import jobs
 from core.db import dispose_engines, session_scope
 from core.image_codec import read_png_metadata
+from core.job_progress import JobProgress
 from core.models import Image, Job
 from core.settings import Settings
 from core.storage import storage_from_settings
@@ -97,9 +98,9 @@ def test_progress_has_a_preview_and_is_throttled(settings: Settings, monkeypatch
     def spying(ctx: JobContext) -> dict[str, Any]:
         real = ctx.progress
 
-        def progress(**values: Any) -> None:
-            seen.append(values)
-            real(**values)
+        def progress(report: JobProgress) -> None:
+            seen.append(report.to_json())
+            real(report)
 
         ctx.progress = progress  # type: ignore[method-assign]
         return sampling.run(ctx)
@@ -125,9 +126,9 @@ def test_cancel_stops_between_steps_and_stores_nothing(settings: Settings) -> No
     def cancel_at_first_step(ctx: JobContext) -> dict[str, Any]:
         real = ctx.progress
 
-        def progress(**values: Any) -> None:
-            real(**values)
-            if values.get("step") == 1:
+        def progress(report: JobProgress) -> None:
+            real(report)
+            if report.step == 1:
                 jobs.request_cancel(settings, ctx.lease.job_id)
                 wait_for(lambda: ctx.cancelled, what="the heartbeat to see the cancel")
 

@@ -46,7 +46,9 @@ def test_lora_training_stores_a_loadable_lora(sqlite_settings: Settings, tiny_mo
     sid = make_trained_subject_row(sqlite_settings, tiny_model_dir)
     rec = Recorder()
     # A large rate so four steps visibly move the (zero-initialised) LoRA up-weights.
-    result = train_subject(sqlite_settings, sid, {**FAST, "learning_rate": 5e-2}, Hooks(progress=rec))
+    result = train_subject(
+        sqlite_settings, sid, {**FAST, "learning_rate": 5e-2}, Hooks(progress=rec)
+    ).to_json()
 
     assert rec.phases() == ["loading", "class_images", "caching", "training", "saving"]
     assert rec.training_steps()[0] == 0 and rec.training_steps()[-1] == 4
@@ -90,9 +92,9 @@ def test_class_images_are_cached_per_class_and_topped_up(
     first = make_trained_subject_row(sqlite_settings, tiny_model_dir, name="rex")
     second = make_trained_subject_row(sqlite_settings, tiny_model_dir, name="fido", token="zwx", user="u2")
     third = make_trained_subject_row(sqlite_settings, tiny_model_dir, name="bello", token="zwx", user="u3")
-    r1 = train_subject(sqlite_settings, first, cfg)
-    r2 = train_subject(sqlite_settings, second, cfg)
-    r3 = train_subject(sqlite_settings, third, {**cfg, "num_class_images": 3})
+    r1 = train_subject(sqlite_settings, first, cfg).to_json()
+    r2 = train_subject(sqlite_settings, second, cfg).to_json()
+    r3 = train_subject(sqlite_settings, third, {**cfg, "num_class_images": 3}).to_json()
     assert (r1["class_images_generated"], r2["class_images_generated"], r3["class_images_generated"]) == (
         2,
         0,
@@ -108,7 +110,7 @@ def test_full_finetune_writes_fp16_weights_that_load(sqlite_settings: Settings, 
 
     sid = make_trained_subject_row(sqlite_settings, tiny_model_dir)
     cfg = {**FAST, "steps": 2, "method": "full", "train_text_encoder": True, "prior_preservation": False}
-    result = train_subject(sqlite_settings, sid, cfg)
+    result = train_subject(sqlite_settings, sid, cfg).to_json()
     assert result["artifact_key"] == f"subjects/{sid}/full.safetensors" and "kohya_key" not in result
     data = storage_from_settings(sqlite_settings).read_bytes(result["artifact_key"])
     tensors = load_safetensors(data)

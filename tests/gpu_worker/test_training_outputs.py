@@ -16,6 +16,7 @@ from sqlalchemy import select
 from core import jobs
 from core.db import session_scope
 from core.image_codec import read_png_metadata
+from core.job_progress import JobProgress
 from core.models import Image, Job
 from core.settings import Settings
 from core.storage import storage_from_settings
@@ -106,8 +107,8 @@ def test_tensorboard_events_are_stored_per_job_and_a_resumed_run_has_no_duplicat
     job = jobs.submit(sqlite_settings, kind="train", subject_ids=[sid], params={"config": config})
     real = jobs.report_progress
 
-    def flaky(settings: Settings, lease: jobs.Lease, progress: dict) -> None:  # type: ignore[type-arg]
-        if lease.attempt == 1 and progress.get("phase") == "training" and progress["step"] >= 5:
+    def flaky(settings: Settings, lease: jobs.Lease, progress: JobProgress) -> None:
+        if lease.attempt == 1 and progress.phase == "training" and (progress.step or 0) >= 5:
             raise ConnectionError("database connection dropped")
         real(settings, lease, progress)
 

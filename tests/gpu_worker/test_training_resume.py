@@ -10,6 +10,7 @@ from safetensors.torch import load as load_safetensors
 
 from core import jobs
 from core.db import session_scope
+from core.job_progress import JobProgress
 from core.models import Job
 from core.settings import Settings
 from core.storage import storage_from_settings
@@ -49,7 +50,7 @@ def test_resume_after_a_crash_is_exact(sqlite_settings: Settings, tiny_model_dir
     assert [k.rsplit("/", 1)[1] for k in _checkpoints(sqlite_settings, resumed)] == ["step-0000005.pt"]
 
     second = Recorder()
-    result = train_subject(sqlite_settings, resumed, TEN, Hooks(progress=second))
+    result = train_subject(sqlite_settings, resumed, TEN, Hooks(progress=second)).to_json()
     assert result["resumed_from"] == 5 and result["steps"] == 10
     steps = second.training_steps()
     assert steps[0] == 5 and steps == sorted(steps) and steps[-1] == 10  # never goes back
@@ -68,7 +69,7 @@ def test_cancel_leaves_a_checkpoint_at_the_current_step(
     with pytest.raises(JobCancelled):
         train_subject(sqlite_settings, sid, cfg, Hooks(progress=Recorder(stop_at=3, exc=JobCancelled)))
     assert [k.rsplit("/", 1)[1] for k in _checkpoints(sqlite_settings, sid)] == ["step-0000003.pt"]
-    result = train_subject(sqlite_settings, sid, cfg)
+    result = train_subject(sqlite_settings, sid, cfg).to_json()
     assert (result["resumed_from"], result["steps"]) == (3, 10)
 
 
@@ -79,7 +80,7 @@ def test_a_checkpoint_from_another_config_is_not_used(
     with pytest.raises(Crash):
         train_subject(sqlite_settings, sid, TEN, Hooks(progress=Recorder(stop_at=6, exc=Crash)))
     assert _checkpoints(sqlite_settings, sid)
-    result = train_subject(sqlite_settings, sid, {**TEN, "learning_rate": 2e-2})
+    result = train_subject(sqlite_settings, sid, {**TEN, "learning_rate": 2e-2}).to_json()
     assert result["resumed_from"] == 0 and result["steps"] == 10
 
 
@@ -93,10 +94,10 @@ def test_a_requeued_job_resumes_from_its_checkpoint(
     real = jobs.report_progress
     seen: list[tuple[int, int]] = []
 
-    def flaky(settings: Settings, lease: jobs.Lease, progress: dict) -> None:  # type: ignore[type-arg]
-        if progress.get("phase") == "training":
-            seen.append((lease.attempt, progress["step"]))
-            if lease.attempt == 1 and progress["step"] >= 7:
+    def flaky(settings: Settings, lease: jobs.Lease, progress: JobProgress) -> None:
+        if progress.phase == "training":
+            seen.append((lease.attempt, progress.step or 0))
+            if lease.attempt == 1 and (progress.step or 0) >= 7:
                 raise ConnectionError("database connection dropped")
         real(settings, lease, progress)
 

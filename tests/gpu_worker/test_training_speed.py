@@ -212,7 +212,7 @@ def test_a_warmed_worker_trains_its_first_job_on_the_warmed_model_without_compil
     graphs = counters["stats"]["unique_graphs"]
 
     sid = make_trained_subject_row(settings, tiny_model_dir)
-    result = train_subject(settings, sid, {**FAST, "compile": "on"}, Hooks())
+    result = train_subject(settings, sid, {**FAST, "compile": "on"}, Hooks()).to_json()
     assert result["steps"] == FAST["steps"]
     assert counters["stats"]["unique_graphs"] == graphs  # the warm-up's compiled UNet, reused
     assert resident.components(settings, str(tiny_model_dir), Shape.planned(build_config())) is kept

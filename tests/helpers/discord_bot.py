@@ -20,6 +20,7 @@ from bot.platforms.discord import DiscordAdapter
 from bot.service import ConversationService
 from core import jobs
 from core.db import session_scope
+from core.job_results import SampleResult
 from core.models import Job, Subject
 from core.settings import Settings
 from core.storage import storage_from_settings
@@ -143,7 +144,7 @@ async def finish_training(settings: Settings, job_id: int) -> int:
     """What the training worker does at the end: the subject gets its LoRA and is ready."""
     lease = jobs.claim(settings, job_id, "test-worker")
     assert lease is not None
-    jobs.finish(settings, lease, {})
+    jobs.finish(settings, lease)
     with session_scope(settings) as s:
         job = s.get(Job, job_id)
         assert job is not None and job.subject_id is not None
@@ -172,5 +173,5 @@ def finish_sample(settings: Settings, job_id: int, n: int) -> list[int]:
                 settings, lease, storage_key=key, seed=i, prompt="zwx dog on the moon", width=64, height=64
             )
         )
-    jobs.finish(settings, lease, {"images": ids})
+    jobs.finish(settings, lease, SampleResult(image_ids=ids))
     return ids

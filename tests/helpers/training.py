@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.db import session_scope
+from core.job_progress import JobProgress
 from core.models import Subject, User
 from core.photos import store_subject_photos
 from core.settings import Settings
@@ -82,7 +83,8 @@ class Recorder:
         self.events: list[dict[str, Any]] = []
         self.stop_at, self.exc = stop_at, exc
 
-    def __call__(self, **values: Any) -> None:
+    def __call__(self, report: JobProgress) -> None:
+        values = report.to_json()
         self.events.append(values)
         if (
             self.stop_at is not None

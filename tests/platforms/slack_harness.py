@@ -24,6 +24,7 @@ from bot.platforms.slack import SlackAdapter
 from bot.service import ConversationService, Origin, Reply, Upload
 from core import jobs
 from core.db import session_scope
+from core.job_results import SampleResult
 from core.models import Job, Subject, User
 from core.settings import Settings
 from core.storage import storage_from_settings
@@ -189,7 +190,7 @@ def finish_sample_job(settings: Settings, job_id: int, n: int = 2) -> list[int]:
         key = f"images/{job_id}/{i}.png"
         storage.put(key, photo(64, 64, "PNG", (10 * i, 80, 160)))
         ids.append(jobs.add_image(settings, lease, storage_key=key, seed=i, prompt="p", width=64, height=64))
-    jobs.finish(settings, lease, {"images": ids})
+    jobs.finish(settings, lease, SampleResult(image_ids=ids))
     return ids
 
 

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from core import jobs
 from core.db import session_scope
+from core.job_progress import JobPhase, JobProgress
 from core.models import Subject
 from core.settings import Settings
 from tests.helpers.discord_bot import (
@@ -88,9 +89,9 @@ async def test_train_defers_first_then_thread_then_card_edited_in_place(
 
     lease = jobs.claim(settings, job.id, "test-worker")
     assert lease is not None
-    jobs.report_progress(settings, lease, {"step": 37, "total": 100, "phase": "training"})
+    jobs.report_progress(settings, lease, JobProgress(step=37, total=100, phase=JobPhase.TRAINING))
     await wait_until(lambda: "37%" in bot_messages(fake, thread_id)[0]["content"], what="a progress edit")
-    jobs.finish(settings, lease, {})
+    jobs.finish(settings, lease)
     await wait_until(lambda: "done" in bot_messages(fake, thread_id)[0]["content"], what="the done edit")
 
     messages = bot_messages(fake, thread_id)

@@ -18,6 +18,7 @@ from bot.delivery import card_key, images_key
 from bot.platforms.slack_convert import train_modal
 from core import jobs
 from core.db import session_scope
+from core.job_progress import JobPhase, JobProgress
 from core.models import Conversation, Job, OutboxItem, Subject, User
 from core.settings import Settings
 from tests.helpers.fake_llm import FakeLLM
@@ -164,7 +165,7 @@ async def test_train_modal_with_five_photos(sqlite_settings: Settings, fake_slac
         await bot.deliver()
         lease = jobs.claim(settings, job.id, "test-worker")
         assert lease is not None
-        jobs.report_progress(settings, lease, {"step": 5, "total": 10, "phase": "training"})
+        jobs.report_progress(settings, lease, JobProgress(step=5, total=10, phase=JobPhase.TRAINING))
         await bot.deliver()
 
     names = fake_slack.names()

@@ -11,6 +11,7 @@ from sqlalchemy import update
 from bot.service import Origin, Upload
 from core import jobs
 from core.db import session_scope
+from core.job_results import SampleResult, TrainingResult
 from core.models import Job, Subject
 from core.settings import Settings
 from core.storage import storage_from_settings
@@ -59,7 +60,7 @@ def finish_training(settings: Settings, job_id: int) -> int:
             .where(Subject.id == subject_id)
             .values(status="ready", artifact_key=key, artifact_sha256=sha)
         )
-    jobs.finish(settings, lease, {"subject_id": subject_id, "artifact_key": key})
+    jobs.finish(settings, lease, TrainingResult(subject_id=subject_id, artifact_key=key))
     return subject_id
 
 
@@ -76,5 +77,5 @@ def finish_sample(settings: Settings, job_id: int, n: int = 2) -> list[int]:
         ids.append(
             jobs.add_image(settings, lease, storage_key=key, seed=i, prompt=prompt, width=64, height=64)
         )
-    jobs.finish(settings, lease, {"image_ids": ids})
+    jobs.finish(settings, lease, SampleResult(image_ids=ids))
     return ids
