@@ -161,7 +161,7 @@ def describe_photos(ctx: ToolContext, args: DescribePhotosArgs) -> dict[str, Any
 
 def train_subject(ctx: ToolContext, args: TrainSubjectArgs) -> dict[str, Any]:
     """Train on the photos of the person's latest message with photos."""
-    request = subjects.TrainRequest(
+    request = subjects.Train(
         name=args.name,
         class_noun=args.class_noun,
         photos=_photos(ctx),

@@ -79,7 +79,7 @@ def train(
     The photo check comes first: when it has something to say it prints a table of the
     photos and asks "Train anyway?" (`--yes` answers it)."""
     from bot.local_jobs import cli_user, export_images, run_or_follow
-    from core.actions.subjects import TrainRequest
+    from core.actions.subjects import Train
     from core.actions.subjects import train as train_subject
     from core.names import subject_names
     from core.subjects import ConsentRequired, PhotosNeedConfirmation
@@ -94,7 +94,7 @@ def train(
         overrides.update(parse_set(set_ or []))
         overrides.update({k: v for k, v in {"method": method, "steps": steps}.items() if v is not None})
         build_config(deployment_file=settings.train_config, overrides=overrides)  # refuse bad keys now
-        request = TrainRequest(
+        request = Train(
             name=name,
             class_noun=class_noun,
             photos=[(p.read_bytes(), p.name) for p in photos],

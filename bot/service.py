@@ -250,7 +250,7 @@ class ConversationService:
         keep_photos: bool,
         confirmed: bool,
     ) -> Reply:
-        request = subjects.TrainRequest(
+        request = subjects.Train(
             name=name,
             class_noun=class_noun,
             photos=[(u.data, u.filename) for u in _checked(uploads)],

@@ -205,24 +205,24 @@ def _file_response(settings: Any, key: str) -> Response:
     return Response(data, media_type=media)
 
 
-@router.get("/files/image/{image_id}")
-def image_file(request: Request, image_id: int, admin: Admin) -> Response:
+def _stored_file(request: Request, model: type[Image] | type[Photo], item_id: int, what: str) -> Response:
+    """The stored bytes of one image or photo."""
     settings = state_of(request).settings
     with session_scope(settings) as session:
-        key = session.scalar(select(Image.storage_key).where(Image.id == image_id))
+        key = session.scalar(select(model.storage_key).where(model.id == item_id))
     if key is None:
-        raise HTTPException(404, f"There is no image #{image_id}.")
+        raise HTTPException(404, f"There is no {what} #{item_id}.")
     return _file_response(settings, key)
+
+
+@router.get("/files/image/{image_id}")
+def image_file(request: Request, image_id: int, admin: Admin) -> Response:
+    return _stored_file(request, Image, image_id, "image")
 
 
 @router.get("/files/photo/{photo_id}")
 def photo_file(request: Request, photo_id: int, admin: Admin) -> Response:
-    settings = state_of(request).settings
-    with session_scope(settings) as session:
-        key = session.scalar(select(Photo.storage_key).where(Photo.id == photo_id))
-    if key is None:
-        raise HTTPException(404, f"There is no photo #{photo_id}.")
-    return _file_response(settings, key)
+    return _stored_file(request, Photo, photo_id, "photo")
 
 
 @router.get("/audit", response_class=HTMLResponse)

@@ -25,7 +25,7 @@ from core.settings import Settings
 from core.subjects import TrainingStarted, coach_photos, delete_subject, start_training
 
 
-class TrainRequest(BaseModel):
+class Train(BaseModel):
     """A new subject from these photos (bytes, file name)."""
 
     model_config = ConfigDict(frozen=True)
@@ -60,7 +60,7 @@ class SubjectInUse(Refused):
     """An admin may not delete a subject while a job that uses it is queued or running."""
 
 
-def train(actor: Actor, request: TrainRequest) -> TrainingStarted:
+def train(actor: Actor, request: Train) -> TrainingStarted:
     """Create the subject and queue its training (once per platform event)."""
     started = start_training(
         actor.settings,
