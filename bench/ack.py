@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.ack_probes import BenchDiscord, BenchSlack, JobClock, photo  # noqa: E402
-from bot.delivery import Delivery  # noqa: E402
+from bot.chat.delivery import Delivery  # noqa: E402
 from core import migrate  # noqa: E402
 from core.db import dispose_engines  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402

@@ -24,6 +24,13 @@ from structlog.contextvars import bound_contextvars, get_contextvars
 from core.settings import Settings
 
 HANDLER_NAME = "dreambot"
+# The console of `dreambot up` (bot/process/console.py): every part announces itself here.
+CONSOLE = "dreambot.up"
+
+
+def announce(line: str, level: int = logging.INFO) -> None:
+    """One line for the person at the terminal of `dreambot up` (and the log file)."""
+    logging.getLogger(CONSOLE).log(level, line)
 
 
 def _processors(fmt: str) -> tuple[list[Any], Any]:

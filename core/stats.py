@@ -154,6 +154,18 @@ def picture_status(session: Session, settings: Settings) -> str:
     return "pictures: no worker is running"
 
 
+QUEUE_KINDS = ("train", "sample")
+
+
+def queues_online(session: Session, settings: Settings) -> dict[str, list[str]]:
+    """Each online worker's name → the kinds of queue it serves (train, sample)."""
+    names = {settings.queue_name(kind): kind for kind in QUEUE_KINDS}
+    rows = session.execute(
+        select(Worker.name, Worker.queues).where(Worker.last_seen_at >= online_cutoff(settings))
+    ).tuples()
+    return {name: [names[q] for q in queues.split(",") if q in names] for name, queues in rows}
+
+
 def workers_online(session: Session, settings: Settings) -> int:
     count = session.scalar(select(func.count()).where(Worker.last_seen_at >= online_cutoff(settings)))
     return int(count or 0)

@@ -14,7 +14,7 @@ PACKAGES = ("core", "agent", "gpu_worker", "bot")
 # The only bot modules that may import gpu_worker: the CLI's worker, local train/generate
 # and doctor commands, which run GPU code in the CLI's own process. The chat host installs
 # no GPU stack; it reaches workers by task name.
-BOT_MAY_IMPORT_GPU_WORKER = {"bot.cli", "bot.cli_local", "bot.local_jobs", "bot.doctor"}
+BOT_MAY_IMPORT_GPU_WORKER = {"bot.cli.main", "bot.cli.local", "bot.cli.local_jobs", "bot.cli.doctor"}
 
 
 def module_name(path: Path) -> str:
@@ -126,7 +126,7 @@ def offending(package: str, forbidden: tuple[str, ...], allowed: set[str] = froz
 
 def test_the_checker_sees_the_packages_and_their_imports() -> None:
     # If the parsing broke, every rule below would pass vacuously.
-    assert {"core.jobs", "agent.tools", "gpu_worker.runtime", "bot.service"} <= GRAPH.keys()
+    assert {"core.jobs", "agent.tools", "gpu_worker.runtime", "bot.chat.service"} <= GRAPH.keys()
     assert "core.actions.images" in GRAPH["agent.tools"]
     assert "core.settings" in GRAPH["core.jobs"]
 
@@ -150,3 +150,26 @@ def test_lower_layers_do_not_import_higher_ones(package: str, forbidden: tuple[s
 def test_bot_imports_gpu_worker_only_in_the_cli() -> None:
     assert offending("bot", ("gpu_worker",), BOT_MAY_IMPORT_GPU_WORKER) == []
     assert GRAPH.keys() >= BOT_MAY_IMPORT_GPU_WORKER  # a renamed module must be renamed here too
+
+
+# bot's roles, lowest first: each may import the ones before it, never one after it (and
+# `bot.platforms` and `bot.web` are peers: neither imports the other).
+BOT_ROLES = ("bot.chat", "bot.platforms", "bot.web", "bot.process", "bot.cli")
+
+
+def role_of(module: str) -> str | None:
+    return next((r for r in BOT_ROLES if module == r or module.startswith(f"{r}.")), None)
+
+
+def test_bot_roles_import_only_lower_roles() -> None:
+    above = {r: set(BOT_ROLES[i + 1 :]) for i, r in enumerate(BOT_ROLES)}
+    above["bot.platforms"] |= {"bot.web"}
+    wrong = sorted(
+        f"{m} imports {d}"
+        for m, deps in imports_of("bot").items()
+        for d in deps
+        if role_of(m) and role_of(d) in above[role_of(m) or ""]
+    )
+    assert wrong == []
+    # every bot module belongs to a role, so no new module escapes the rule
+    assert [m for m in imports_of("bot") if m != "bot" and role_of(m) is None] == []

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from bot.service import Upload
+from bot.chat.service import Upload
 from core.uploads import CHUNK_BYTES, UploadBudget, UploadTooLarge
 
 

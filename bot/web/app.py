@@ -12,18 +12,17 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 
-from bot import worker_rows
-from bot.dashboard import mount_dashboard
-from bot.platforms.web import WebPoster, playground_router
-from bot.service import ConversationService
+from bot.chat.service import ConversationService
+from bot.web.dashboard import mount_dashboard
+from bot.web.playground import WebPoster, playground_router
 from bot.web.security import install_security
-from core import metrics
+from core import metrics, stats
 from core.db import session_scope
 from core.models import Job
 from core.settings import Settings
 
 if TYPE_CHECKING:
-    from bot.supervisor import WorkerState
+    from bot.process.supervisor import WorkerState
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -39,14 +38,14 @@ def health(settings: Settings, supervised: Callable[[], list[WorkerState]] | Non
     with session_scope(settings) as session:
         session.execute(text("SELECT 1"))
         by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-    workers = worker_rows.online(settings)
+        workers = stats.queues_online(session, settings)
     missing: list[dict[str, Any]] = [
         {"worker": w.name, "queues": w.queues.split(","), "state": w.state, "detail": w.detail}
         for w in (supervised() if supervised else [])
         if not w.healthy
     ]
     served = {kind for kinds in workers.values() for kind in kinds}
-    for kind in worker_rows.QUEUE_KINDS:
+    for kind in stats.QUEUE_KINDS:
         if kind not in served and not any(kind in m["queues"] for m in missing):
             missing.append(
                 {"worker": None, "queues": [kind], "state": "absent", "detail": f"no {kind} worker online"}

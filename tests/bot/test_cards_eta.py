@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bot.cards import JobSnapshot, render_card
+from bot.chat.cards import JobSnapshot, render_card
 from core.job_progress import JobProgress
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from bot.cli import app
+from bot.cli.main import app
 from core.db import session_scope
 from core.models import Job, Subject
 from core.settings import Settings

@@ -11,8 +11,8 @@ from PIL import Image
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from bot import local_jobs
-from bot.cli import app
+from bot.cli import local_jobs
+from bot.cli.main import app
 from core import jobs
 from core.db import session_scope
 from core.models import Job, Photo, Subject

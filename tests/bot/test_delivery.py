@@ -6,8 +6,8 @@ import base64
 
 from sqlalchemy import select, update
 
-from bot.cards import JobSnapshot, parse_button_id, render_card
-from bot.delivery import Delivery, DeliveryError, OutMessage, Target
+from bot.chat.cards import JobSnapshot, parse_button_id, render_card
+from bot.chat.delivery import Delivery, DeliveryError, OutMessage, Target
 from core import jobs
 from core.db import session_scope
 from core.job_progress import JobProgress

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from bot.supervisor import WorkerState
+from bot.process.supervisor import WorkerState
 from bot.web.app import create_app
 from core.db import session_scope
 from core.models import Worker

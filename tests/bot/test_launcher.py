@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bot.launcher import Gpu, discover_gpus, plan_workers, select_gpus
-from bot.supervisor import Backoff, LaunchError, Supervisor, WorkerSpec
+from bot.process.launcher import Gpu, discover_gpus, plan_workers, select_gpus
+from bot.process.supervisor import Backoff, LaunchError, Supervisor, WorkerSpec
 from core.db import session_scope
 from core.models import Worker
 from core.settings import Settings
@@ -240,7 +240,7 @@ LAUNCHER = """
 import sys, threading
 sys.path.insert(0, sys.argv[2])
 from tests.bot.test_launcher import reporter
-from bot.supervisor import WorkerSpec
+from bot.process.supervisor import WorkerSpec
 from pathlib import Path
 reporter(Path(sys.argv[1])).run(threading.Event(), [WorkerSpec("train-gpu0@box", "train", {})])
 """

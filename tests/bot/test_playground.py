@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from bot.platforms.web import replies_first
 from bot.web.app import create_app
+from bot.web.playground import replies_first
 from core import jobs
 from core.job_progress import JobPhase, JobProgress
 from core.job_results import SampleResult

@@ -7,7 +7,7 @@ import socket
 
 import httpx
 
-from bot.runtime import run_bot
+from bot.process.runtime import run_bot
 from bot.web.app import create_app
 from core.settings import Settings
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from bot.cards import button_id
-from bot.service import ConversationService, Origin, Upload
+from bot.chat.cards import button_id
+from bot.chat.service import ConversationService, Origin, Upload
 from core import jobs
 from core.db import session_scope
 from core.job_results import SampleResult

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from bot.supervisor import Backoff, LaunchError, Supervisor, WorkerSpec
-from bot.up_console import CONSOLE
+from bot.process.supervisor import Backoff, LaunchError, Supervisor, WorkerSpec
+from core.logs import CONSOLE
 from tests.bot.test_launcher import alive, reports
 from tests.helpers.workers import wait_for
 

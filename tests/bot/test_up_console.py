@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from bot.up_console import (
-    announce,
+from bot.process.console import (
     base_model_line,
     chat_line,
     device_of,
     platforms_line,
     setup_up_logging,
 )
+from core.logs import announce
 from core.settings import Settings
 from tests.helpers.up_process import UpProcess
 
@@ -97,7 +97,7 @@ def test_terminal_gets_announcements_our_warnings_and_errors_only(sqlite_setting
         announce("web: playground http://x/")
         logging.getLogger("kombu.connection").warning("No hostname was supplied.")
         logging.getLogger("alembic.runtime.migration").info("Running upgrade 0001")
-        logging.getLogger("bot.delivery").warning("Discord unreachable")
+        logging.getLogger("bot.chat.delivery").warning("Discord unreachable")
         logging.getLogger("uvicorn.error").error("address already in use")
         for handler in root.handlers:
             handler.flush()

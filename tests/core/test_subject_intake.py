@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from bot.cli import app as cli
-from bot.service import ConversationService
+from bot.chat.service import ConversationService
+from bot.cli.main import app as cli
 from bot.web.app import create_app
 from core.db import session_scope
 from core.models import Job, Subject

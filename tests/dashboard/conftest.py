@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from bot.dashboard.auth import create_admin
-from bot.dashboard.console_role import create_console_role
 from bot.web.app import create_app
+from bot.web.dashboard.auth import create_admin
+from bot.web.dashboard.console_role import create_console_role
 from core.db import dispose_engines
 from core.settings import Settings
 from tests.dashboard.seed import ADMIN, PASSWORD, Seeded, seed

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from bot.dashboard.auth import create_admin
 from bot.web.app import create_app
+from bot.web.dashboard.auth import create_admin
 from core.db import session_scope
 from core.models import Job, Worker
 from core.settings import Settings

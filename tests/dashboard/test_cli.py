@@ -6,9 +6,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from bot.cli import app
-from bot.dashboard.auth import authenticate
-from bot.dashboard.console_role import readonly_role_sql
+from bot.cli.main import app
+from bot.web.dashboard.auth import authenticate
+from bot.web.dashboard.console_role import readonly_role_sql
 from core.settings import Settings
 from tests.helpers.profile import settings_env
 

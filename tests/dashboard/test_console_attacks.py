@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
 
-from bot.dashboard.auth import create_admin
 from bot.web.app import create_app
+from bot.web.dashboard.auth import create_admin
 from core.db import session_scope
 from core.models import AdminAccount, AuditLog
 from core.settings import Settings

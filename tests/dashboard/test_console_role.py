@@ -15,10 +15,10 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from bot.cli import app
-from bot.dashboard.auth import create_admin
-from bot.dashboard.console_role import console_off_reason, role_problem
-from bot.dashboard.sqlconsole import QueryFailed, run_postgres, run_query
+from bot.cli.main import app
+from bot.web.dashboard.auth import create_admin
+from bot.web.dashboard.console_role import console_off_reason, role_problem
+from bot.web.dashboard.sqlconsole import QueryFailed, run_postgres, run_query
 from core.db import dispose_engines, session_scope
 from core.models import AuditLog
 from core.settings import Settings

@@ -12,9 +12,9 @@ import httpx
 import psutil
 import pytest
 
-from bot.dashboard.auth import create_admin
-from bot.dashboard.sqlconsole import QueryFailed, run_query
-from bot.dashboard.sqlresult import CELL_MAX_CHARS, CUT_MARK, MAX_COLUMNS, ROW_MAX_BYTES, to_csv
+from bot.web.dashboard.auth import create_admin
+from bot.web.dashboard.sqlconsole import QueryFailed, run_query
+from bot.web.dashboard.sqlresult import CELL_MAX_CHARS, CUT_MARK, MAX_COLUMNS, ROW_MAX_BYTES, to_csv
 from core.settings import Settings
 from tests.dashboard.seed import ADMIN, PASSWORD, login, seed
 from tests.dashboard.serving import serve

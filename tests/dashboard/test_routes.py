@@ -9,7 +9,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from bot.dashboard.auth import SESSION_COOKIE
+from bot.web.dashboard.auth import SESSION_COOKIE
 from core.db import session_scope
 from core.dbclock import db_now
 from core.models import AuditLog, Job, LoginFailure, Subject, User
@@ -22,7 +22,7 @@ PUBLIC = {"/admin/login", "/admin"}
 
 def _admin_routes(client: TestClient) -> list[tuple[str, str]]:
     """Every (method, path) the dashboard serves, with 1 for each path parameter."""
-    from bot.dashboard import routes_auth, routes_jobs, routes_people, routes_sql
+    from bot.web.dashboard import routes_auth, routes_jobs, routes_people, routes_sql
 
     routes = []
     for module in (routes_auth, routes_jobs, routes_people, routes_sql):
@@ -317,8 +317,8 @@ def test_sql_console_page_and_csv(client: TestClient, db_settings: Settings, see
     "name", ["jobs_per_day", "failures_by_error", "busiest_people", "gpu_time_per_subject"]
 )
 def test_saved_queries_run(db_settings: Settings, seeded: Seeded, name: str) -> None:
-    from bot.dashboard.routes_sql import SAVED_BY_NAME
-    from bot.dashboard.sqlconsole import run_query
+    from bot.web.dashboard.routes_sql import SAVED_BY_NAME
+    from bot.web.dashboard.sqlconsole import run_query
 
     result = run_query(db_settings, SAVED_BY_NAME[name].text(db_settings.is_sqlite))
     assert result.rows, name

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from bot.dashboard.sqlconsole import (
+from bot.web.dashboard.sqlconsole import (
     QueryFailed,
     RefusedStatement,
     run_postgres,
@@ -157,7 +157,7 @@ def test_explain(db_settings: Settings, seeded: Seeded) -> None:
 
 
 def test_csv_export_quotes_formulas() -> None:
-    from bot.dashboard.sqlconsole import QueryResult
+    from bot.web.dashboard.sqlconsole import QueryResult
 
     result = QueryResult(["a", "b"], [[1, "=HYPERLINK(1)"], [None, "plain, text"]], False, 10, 1.0)
     assert to_csv(result).splitlines() == ["a,b", "1,'=HYPERLINK(1)", ',"plain, text"']

@@ -6,7 +6,7 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from bot.dashboard.sqlguard import RefusedStatement, check_statement
+from bot.web.dashboard.sqlguard import RefusedStatement, check_statement
 
 DIALECTS = ["sqlite", "postgres"]
 

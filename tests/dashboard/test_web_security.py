@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import select, text, update
 
-from bot.dashboard import create_dashboard_app
-from bot.dashboard.auth import LoginLimiter, create_admin
-from bot.runtime import run_bot
+from bot.process.runtime import run_bot
 from bot.web.app import create_app
+from bot.web.dashboard import create_dashboard_app
+from bot.web.dashboard.auth import LoginLimiter, create_admin
 from bot.web.security import SECURITY_HEADERS
 from core.db import get_engine, session_scope
 from core.dbclock import db_now

@@ -323,7 +323,7 @@ def test_training_loads_components_and_class_images_from_a_storage_model(
 def test_the_publish_command(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from bot.cli import app
+    from bot.cli.main import app
 
     settings = make_test_settings(tmp_path / "var")
     env = settings_env(settings)

@@ -18,8 +18,8 @@ import yaml
 from sqlalchemy import select
 from tqdm import tqdm
 
-from bot.cards import JobSnapshot, render_card
-from bot.delivery import job_snapshot
+from bot.chat.cards import JobSnapshot, render_card
+from bot.chat.delivery import job_snapshot
 from core import jobs, migrate
 from core.db import dispose_engines, session_scope
 from core.job_progress import JobProgress

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bot.doctor import check_workers
-from bot.platforms.web import timeline
+from bot.cli.doctor import check_workers
+from bot.web.playground import timeline
 from core import jobs, metrics, stats
 from core.db import dispose_engines, session_scope
 from core.models import Job, Worker

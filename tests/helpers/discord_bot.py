@@ -15,9 +15,9 @@ from PIL import Image
 from pydantic import SecretStr
 from sqlalchemy import select, update
 
-from bot.delivery import Delivery
-from bot.platforms.discord import DiscordAdapter
-from bot.service import ConversationService
+from bot.chat.delivery import Delivery
+from bot.chat.service import ConversationService
+from bot.platforms.discord.adapter import DiscordAdapter
 from core import jobs
 from core.db import session_scope
 from core.job_results import SampleResult

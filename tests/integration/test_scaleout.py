@@ -20,7 +20,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from bot.delivery import Delivery
+from bot.chat.delivery import Delivery
 from core import jobs
 from core.db import dispose_engines, session_scope
 from core.logs import setup_logging

@@ -19,9 +19,9 @@ from PIL import Image as PILImage
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from bot.delivery import Delivery
-from bot.platforms.slack import SlackAdapter
-from bot.service import ConversationService, Origin, Reply, Upload
+from bot.chat.delivery import Delivery
+from bot.chat.service import ConversationService, Origin, Reply, Upload
+from bot.platforms.slack.adapter import SlackAdapter
 from core import jobs
 from core.db import session_scope
 from core.job_results import SampleResult

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, update
 
-from bot.delivery import OutMessage, Target
+from bot.chat.delivery import OutMessage, Target
 from core import jobs
 from core.db import session_scope
 from core.models import Conversation, Job, OutboxItem, User

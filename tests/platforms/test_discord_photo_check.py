@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bot.platforms.discord_commands import CANCELLED
+from bot.platforms.discord.commands import CANCELLED
 from core.db import session_scope
 from core.models import Photo, Subject
 from core.settings import Settings

@@ -21,9 +21,9 @@ from discord.http import HTTPClient, Route
 from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 from pydantic import SecretStr
 
-from bot.platforms.discord import DiscordAdapter
-from bot.platforms.discord_transport import Endpoints, pointed_at
-from bot.service import ConversationService
+from bot.chat.service import ConversationService
+from bot.platforms.discord.adapter import DiscordAdapter
+from bot.platforms.discord.transport import Endpoints, pointed_at
 from core.settings import Settings
 from tests.helpers.discord_bot import discord_settings, running_bot, wait_until
 from tests.helpers.fake_discord import TOKEN, FakeDiscord
@@ -32,8 +32,8 @@ from tests.helpers.fake_llm import FakeLLM
 from tests.helpers.profile import settings_env
 
 STOCK = (Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY)  # discord.py as shipped
-PLATFORMS = Path(__file__).parents[2] / "bot" / "platforms"
-DISCORD_MODULES = [p.name for p in PLATFORMS.glob("discord*.py")]
+PLATFORMS = Path(__file__).parents[2] / "bot" / "platforms" / "discord"
+DISCORD_MODULES = [p.name for p in PLATFORMS.glob("*.py")]
 INTERNAL_MODULES = {"http", "gateway", "state", "webhook", "async_", "handle_message_parameters"}
 
 
@@ -107,9 +107,9 @@ def test_with_the_default_settings_discord_py_runs_as_shipped(sqlite_settings: S
     assert Route.BASE is STOCK[0] and DiscordWebSocket.DEFAULT_GATEWAY is STOCK[1]
 
 
-@pytest.mark.parametrize("module", sorted(set(DISCORD_MODULES) - {"discord_transport.py"}))
+@pytest.mark.parametrize("module", sorted(set(DISCORD_MODULES) - {"transport.py"}))
 def test_discord_code_outside_the_transport_uses_only_public_discord_py(module: str) -> None:
-    """Only `discord_transport` may touch discord.py's module-level endpoints; the rest (the
+    """Only `transport.py` may touch discord.py's module-level endpoints; the rest (the
     poster above all) imports no private name or internal module and reaches no internals."""
     tree = ast.parse((PLATFORMS / module).read_text())
     used: list[str] = []

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from bot.platforms.slack_convert import train_modal
+from bot.platforms.slack.convert import train_modal
 from core.models import Job, Subject
 from core.settings import Settings
 from tests.helpers.discord_bot import Bot, all_jobs, bot_messages, discord_settings, running_bot, wait_until

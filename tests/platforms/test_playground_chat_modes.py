@@ -18,8 +18,8 @@ from sqlalchemy import select
 
 from agent.chat_mode import llm_configured
 from agent.llm import UNAVAILABLE
-from bot.platforms.web import COOKIE
 from bot.web.app import create_app
+from bot.web.playground import COOKIE
 from core.db import dispose_engines, session_scope
 from core.models import ConversationMessage, Job, User
 from core.settings import Settings

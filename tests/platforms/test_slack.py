@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bot import delivery as delivery_module
-from bot.cards import image_buttons
-from bot.delivery import card_key, images_key
-from bot.platforms.slack_convert import train_modal
+from bot.chat import delivery as delivery_module
+from bot.chat.cards import image_buttons
+from bot.chat.delivery import card_key, images_key
+from bot.platforms.slack.convert import train_modal
 from core import jobs
 from core.db import session_scope
 from core.job_progress import JobPhase, JobProgress

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import delivery as delivery_module
+from bot.chat import delivery as delivery_module
 from core.db import dispose_engines, session_scope
 from core.models import User
 from tests.helpers.fake_llm import FakeLLM

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot import delivery as delivery_module
+from bot.chat import delivery as delivery_module
 from core.settings import Settings
 from tests.helpers.fake_llm import FakeLLM
 from tests.helpers.fake_slack import BOT_USER_ID, FakeSlack

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bot.platforms.slack_photo_check import CANCELLED
+from bot.platforms.slack.photo_check import CANCELLED
 from core.db import session_scope
 from core.models import Job, Photo, Subject
 from core.settings import Settings

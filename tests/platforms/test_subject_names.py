@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from bot.platforms.slack_convert import train_modal
+from bot.platforms.slack.convert import train_modal
 from core.models import Job, Subject
 from core.names import CLASS_RULE
 from core.settings import Settings

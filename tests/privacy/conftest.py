@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import update
 
-from bot.service import Origin, Upload
+from bot.chat.service import Origin, Upload
 from core import jobs
 from core.db import session_scope
 from core.job_results import SampleResult, TrainingResult

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from agent.memory import save_message, save_photos
 from agent.toolcalls import ToolCall
 from agent.tools import TOOLS, ToolContext, run_tool
-from bot.cli import app
-from bot.service import ConversationService, Upload
+from bot.chat.service import ConversationService, Upload
+from bot.cli.main import app
 from bot.web.app import create_app
 from core.db import session_scope
 from core.models import Conversation, Job, Subject, User

@@ -10,10 +10,10 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from bot.dashboard.auth import create_admin
-from bot.delivery import Delivery, OutMessage, Target
-from bot.service import ConversationService
+from bot.chat.delivery import Delivery, OutMessage, Target
+from bot.chat.service import ConversationService
 from bot.web.app import create_app
+from bot.web.dashboard.auth import create_admin
 from core.db import session_scope
 from core.models import AuditLog, Base, Conversation, Image, Job, OutboxItem, Subject, User
 from core.settings import Settings

@@ -12,12 +12,12 @@ from sqlalchemy import select
 
 from agent.tool_args import ImageArgs
 from agent.tools import ToolContext, ToolError, upscale_image
-from bot.cards import MAX_BUTTONS, image_buttons, parse_button_id
-from bot.dashboard.auth import create_admin
-from bot.delivery import Delivery
-from bot.platforms.web import timeline
-from bot.service import ConversationService, Origin
+from bot.chat.cards import MAX_BUTTONS, image_buttons, parse_button_id
+from bot.chat.delivery import Delivery
+from bot.chat.service import ConversationService, Origin
 from bot.web.app import create_app
+from bot.web.dashboard.auth import create_admin
+from bot.web.playground import timeline
 from core.db import session_scope
 from core.models import AuditLog, Image, User
 from core.settings import Settings

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
-from bot.cli import app
-from bot.runtime import clean_up_periodically
-from bot.service import ConversationService
+from bot.chat.service import ConversationService
+from bot.cli.main import app
+from bot.process.runtime import clean_up_periodically
 from core.db import session_scope
 from core.dbclock import db_now
 from core.models import ConversationMessage, Image, Job, Photo, PlatformEvent, Subject

@@ -1,0 +1,1 @@
+"""Discord: adapter, slash commands, conversions, poster, API base seam."""

@@ -1,0 +1,1 @@
+"""Slack: adapter, conversions, poster, the photo coach's question."""
