@@ -56,7 +56,9 @@ class LiveServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        # log_config=None: uvicorn's dictConfig would detach its loggers for the whole
+        # process and change what later tests of the console see
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", log_config=None)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True

@@ -152,6 +152,9 @@ class SlackAdapter:
             host=self.settings.slack_http_host,
             port=self.settings.slack_http_port,
             log_level="warning",
+            # uvicorn's own dictConfig would detach its loggers from ours (no log file, and
+            # its errors bypass the `dreambot up` console): keep them, as the web server does
+            log_config=None,
         )
         server = _QuietServer(config)
         task = asyncio.create_task(server.serve())
