@@ -48,9 +48,9 @@ from bot.chat.delivery import Delivery  # noqa: E402
 from core import migrate  # noqa: E402
 from core.db import dispose_engines  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
+from tests.bot.platforms.slack_harness import SlackBot, slack_settings  # noqa: E402
 from tests.helpers.discord_bot import discord_settings, running_bot  # noqa: E402
 from tests.helpers.fake_slack_payloads import slash_command, view_submission  # noqa: E402
-from tests.platforms.slack_harness import SlackBot, slack_settings  # noqa: E402
 
 CHANNEL = "C0GENERAL"
 WAIT = 120.0  # seconds one run may take before the benchmark gives up on it

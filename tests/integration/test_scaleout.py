@@ -29,7 +29,7 @@ from core.queue import make_celery
 from core.settings import Settings
 from core.storage import storage_from_settings
 from core.storage_s3 import S3Storage
-from tests.bot.test_delivery import RecordingPoster, conversation, run_passes
+from tests.bot.chat.test_delivery import RecordingPoster, conversation, run_passes
 from tests.helpers.lora import make_lora_bytes, make_subject, make_user
 from tests.helpers.profile import PG_URL, make_test_settings, redis_url
 from tests.helpers.s3 import S3Server

@@ -17,7 +17,7 @@ from bot.web.dashboard.auth import create_admin
 from core.db import session_scope
 from core.models import AuditLog, Base, Conversation, Image, Job, OutboxItem, Subject, User
 from core.settings import Settings
-from tests.dashboard.seed import csrf_from
+from tests.bot.web.dashboard.seed import csrf_from
 from tests.helpers.fake_llm import FakeLLM
 from tests.privacy.conftest import finish_sample, finish_training, photos, speaker, with_llm
 

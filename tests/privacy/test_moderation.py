@@ -22,7 +22,7 @@ from core.db import session_scope
 from core.models import AuditLog, Image, User
 from core.settings import Settings
 from core.storage import storage_from_settings
-from tests.dashboard.seed import csrf_from
+from tests.bot.web.dashboard.seed import csrf_from
 from tests.privacy.conftest import finish_sample, finish_training, photos, speaker
 from tests.privacy.test_forget import RecordingPoster
 
