@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -284,6 +285,9 @@ def add_routes(app: web.Application, fake: FakeDiscord) -> None:
         if data is None:
             return web.Response(status=404)
         resp = web.StreamResponse()
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:  # a small send buffer, so `served` is close to what the bot read
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
         await resp.prepare(request)
         for start in range(0, len(data), 1 << 20):
             try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -410,6 +411,9 @@ class FakeSlack:
             return web.Response(status=404, text="file not found")
         length = {} if f.chunked else {"Content-Length": str(len(f.data))}
         resp = web.StreamResponse(headers={"Content-Type": f.mimetype, **length})
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:  # a small send buffer, so `served` is close to what the bot read
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
         await resp.prepare(request)
         for i in range(0, len(f.data), 1 << 20):
             try:
