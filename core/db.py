@@ -30,8 +30,45 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def build_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine:
-    """A new engine for `url`; `schema` pins PostgreSQL's search_path (test isolation)."""
+def silent_peer_settings(silent_after: float) -> dict[str, int]:
+    """PostgreSQL settings with which the server drops a client host that went silent
+    (cable pulled, VM frozen) within about `silent_after` seconds.
+
+    Why: every heartbeat is a transaction, so a worker cut at the wrong moment leaves a
+    session idle on the server with the job's row lock held, and no packet ever says the
+    host is gone; on TCP's defaults the server waits hours and the sweeper's requeue waits
+    on that lock. Keepalive probes end an idle session; the user timeout ends one whose
+    sends go unacknowledged.
+    """
+    idle = max(1, round(silent_after / 2))
+    interval = max(1, round(silent_after / 8))
+    return {
+        "tcp_keepalives_idle": idle,
+        "tcp_keepalives_interval": interval,
+        "tcp_keepalives_count": 4,
+        "tcp_user_timeout": max(1000, round(silent_after * 1000)),  # milliseconds
+    }
+
+
+def _set_on_connect(values: dict[str, int]) -> Any:
+    # SET after connecting rather than startup `options`: poolers such as PgBouncer refuse
+    # unknown startup parameters but pass SET through.
+    def apply(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            for name, value in values.items():
+                if name == "tcp_user_timeout" and dbapi_conn.info.server_version < 120000:
+                    continue  # new in PostgreSQL 12
+                cur.execute(f"SET {name} = {int(value)}")
+        dbapi_conn.commit()
+
+    return apply
+
+
+def build_engine(
+    url: str, *, schema: str | None = None, silent_after: float | None = None, **kwargs: Any
+) -> Engine:
+    """A new engine for `url`; `schema` pins PostgreSQL's search_path (test isolation);
+    `silent_after`: seconds after which PostgreSQL drops a silent client host."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -42,17 +79,21 @@ def build_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engin
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
     connect_args = {"options": f"-csearch_path={schema}"} if schema else {}
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    if silent_after is not None:
+        event.listen(engine, "connect", _set_on_connect(silent_peer_settings(silent_after)))
+    return engine
 
 
 def get_engine(settings: Settings) -> Engine:
-    """The shared engine for these settings (created once per process)."""
+    """The shared engine for these settings (created once per process). PostgreSQL drops
+    a silent host's sessions within the lease, so its locks never outlive its jobs."""
     url = settings.resolved_database_url
     schema = settings.database_schema
-    key = f"{url}#{schema or ''}"
+    key = f"{url}#{schema or ''}#{settings.lease_timeout}"
     with _lock:
         if key not in _engines:
-            _engines[key] = build_engine(url, schema=schema)
+            _engines[key] = build_engine(url, schema=schema, silent_after=settings.lease_timeout)
         return _engines[key]
 
 

@@ -265,7 +265,11 @@ class Settings(BaseSettings):
 
     # -- job lifecycle timings (seconds) ----------------------------------------------------
     heartbeat_interval: float = Field(10.0, gt=0, description="seconds between a running job's heartbeats")
-    lease_timeout: float = Field(120.0, gt=0, description="a running job silent this long is lost")
+    lease_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="a running job silent this long is lost; PostgreSQL drops a silent host's connections within about this too",
+    )
     resend_after: float = Field(60.0, gt=0, description="a queued, unclaimed job is re-sent after this")
     sweep_interval: float = Field(15.0, gt=0, description="seconds between sweeper passes")
     broker_poll_interval: float = Field(0.2, gt=0, description="filesystem/Redis polling")

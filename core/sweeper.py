@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from core import jobs
 from core.db import rows_changed, session_scope
@@ -62,6 +63,8 @@ def _reclaim_stale(settings: Settings, report: SweepReport) -> None:
             error = f"the worker stopped responding (attempt {attempt} of {max_attempts})"
             new, values, bucket = JobState.FAILED, {"error": error, "finished_at": db_now()}, report.failed
         with session_scope(settings) as session:
+            if not _lock_unless_held(session, job_id):
+                continue
             # Conditional on the attempt we saw: a worker that heartbeats in between wins.
             changed = rows_changed(
                 session,
@@ -76,6 +79,15 @@ def _reclaim_stale(settings: Settings, report: SweepReport) -> None:
             )
         if changed == 1:
             bucket.append(job_id)
+
+
+def _lock_unless_held(session: Session, job_id: int) -> bool:
+    """Lock the job's row, or say it is held by another session: a heartbeat in flight,
+    or a cut host's session until the database drops it (see `core.db`). Waiting on such
+    a lock would stall every other job's sweep; the next pass looks at this one again.
+    (SQLite has no row locks: there the whole write simply queues.)"""
+    held = select(Job.id).where(Job.id == job_id).with_for_update(skip_locked=True)
+    return session.scalar(held) is not None
 
 
 def _resend_unclaimed(settings: Settings, report: SweepReport) -> None:

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from core import jobs
-from core.db import session_scope
+from core.db import get_engine, session_scope
 from core.dbclock import db_now
 from core.errors import Blocked, IllegalTransition, LeaseLost, LLMBudgetExceeded, QuotaExceeded
 from core.job_progress import JobProgress
@@ -240,3 +240,42 @@ def test_llm_spend_cap(db_settings: Settings) -> None:
         )
     with session_scope(db_settings) as s, pytest.raises(LLMBudgetExceeded):
         check_llm_budget(s, db_settings)
+
+
+def test_sweeper_passes_over_a_row_another_session_holds(pg_settings: Settings) -> None:
+    """A row locked by another session (a heartbeat mid-commit; a cut host's session until
+    PostgreSQL drops it) is left for the next pass; the rest are swept meanwhile."""
+    held, free = (jobs.submit(pg_settings, kind="selftest") for _ in range(2))
+    for job in (held, free):
+        assert jobs.claim(pg_settings, job.id, "w1") is not None
+        age_heartbeat(pg_settings, job.id)
+    with session_scope(pg_settings) as holder:
+        holder.execute(select(Job.id).where(Job.id == held.id).with_for_update())
+        passes: list[object] = []
+        sweeper = threading.Thread(target=lambda: passes.append(sweep(pg_settings)), daemon=True)
+        sweeper.start()
+        sweeper.join(60)  # bounds a hang only: without the skip it waits for `holder` forever
+        assert len(passes) == 1, "the sweeper waited on the held row"
+        holder.rollback()
+    assert passes[0].requeued == [free.id]  # type: ignore[attr-defined]
+    assert jobs.get_job(pg_settings, held.id).status == "running"
+    assert sweep(pg_settings).requeued == [held.id]  # released: the next pass takes it
+
+
+def test_postgres_drops_a_silent_host_within_the_lease(pg_settings: Settings) -> None:
+    """Each connection asks the server to probe an idle client and give up on it within
+    about lease_timeout (the multi-host test cuts a host mid-transaction for real)."""
+    settings = pg_settings.model_copy(update={"lease_timeout": 120.0})
+    with get_engine(settings).connect() as conn:
+        shown = {
+            name: conn.exec_driver_sql(f"SHOW {name}").scalar()
+            for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")
+        }
+        user_timeout = conn.exec_driver_sql("SHOW tcp_user_timeout").scalar()
+    # Seconds (milliseconds for the user timeout) as the server shows them over TCP.
+    assert shown == {
+        "tcp_keepalives_idle": "60",
+        "tcp_keepalives_interval": "15",
+        "tcp_keepalives_count": "4",
+    }
+    assert user_timeout == "120000"

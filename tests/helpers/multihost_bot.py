@@ -6,6 +6,7 @@ one JSON line each on stdout ({"ok": true, "value": ...} or {"ok": false, "error
 Whatever it does (submit jobs, read rows and stored images, run the sweeper) it does over
 the lab's network from the bot host's own address, exactly as the bot would.
 
+The same script plays a worker host caught mid-transaction (`claim`, then `hold_row`).
 `BotHost` is the test's side: it starts the script with `Lab.spawn` and calls it.
 """
 
@@ -35,6 +36,7 @@ class Bot:
         self.settings = load_settings(_env_file=None)
         setup_logging(self.settings)  # to stderr, the bot host's log: the sweeper says what it did
         self.sweeper: Any = None
+        self.held: list[Any] = []  # sessions left mid-transaction on purpose (op_hold_row)
 
     def op_wait_services(self, services: list[tuple[str, int]], within: float) -> list[str]:
         from tests.helpers.profile import port_open
@@ -48,13 +50,14 @@ class Bot:
             raise TimeoutError(f"no answer from {waiting}")
         return [f"{h}:{p}" for h, p in services]
 
-    def op_setup(self) -> str | None:
+    def op_setup(self, bucket: bool = True) -> str | None:
         """The bucket (an operator's one-off), then the schema (`dreambot db upgrade`)."""
         from core import migrate
         from core.storage import storage_from_settings
 
-        store: Any = storage_from_settings(self.settings)  # an S3Storage: s3:// settings
-        store.client.create_bucket(Bucket=store.bucket)
+        if bucket:
+            store: Any = storage_from_settings(self.settings)  # an S3Storage: s3:// settings
+            store.client.create_bucket(Bucket=store.bucket)
         return migrate.upgrade(self.settings)
 
     def op_workers(self) -> dict[str, str]:
@@ -82,6 +85,26 @@ class Bot:
         from core import jobs
 
         return jobs.submit(self.settings, **kwargs).id
+
+    def op_claim(self, job_id: int, worker: str) -> int | None:
+        from core import jobs
+
+        lease = jobs.claim(self.settings, job_id, worker)
+        return None if lease is None else lease.attempt
+
+    def op_hold_row(self, job_id: int) -> bool:
+        """Write the job's heartbeat and leave the transaction open, as a worker does for a
+        moment inside every heartbeat: the row stays locked until this session ends."""
+        from sqlalchemy import update
+
+        from core.db import session_factory
+        from core.dbclock import db_now
+        from core.models import Job
+
+        session = session_factory(self.settings)()
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=db_now()))
+        self.held.append(session)
+        return True
 
     def op_jobs(self, ids: list[int]) -> list[dict[str, Any]]:
         from core.db import session_scope
@@ -159,10 +182,11 @@ def serve() -> None:
 class BotHost:
     """The test's handle on the script: `call(op, **args)` returns the value or raises."""
 
-    def __init__(self, lab: Lab, host: str, env: dict[str, str]) -> None:
+    def __init__(self, lab: Lab, host: str, env: dict[str, str], name: str = "bot") -> None:
         self.lab = lab
+        self.name = name
         argv = [sys.executable, "-m", "tests.helpers.multihost_bot"]
-        self.proc = lab.spawn(host, argv, env=env, name="bot", pipes=True)
+        self.proc = lab.spawn(host, argv, env=env, name=name, pipes=True)
         self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
         self._expect(120)
@@ -179,9 +203,11 @@ class BotHost:
         try:
             reply = self.replies.get(timeout=timeout)
         except queue.Empty:
-            raise TimeoutError(f"no reply from the bot host in {timeout}s\n{self.lab.log('bot')}") from None
+            raise TimeoutError(
+                f"no reply from {self.name} in {timeout}s\n{self.lab.log(self.name)}"
+            ) from None
         if not reply["ok"]:
-            raise RuntimeError(f"bot host: {reply['error']}\n{self.lab.log('bot')}")
+            raise RuntimeError(f"{self.name}: {reply['error']}\n{self.lab.log(self.name)}")
         return reply["value"]
 
     def call(self, op: str, timeout: float = 120, **args: Any) -> Any:

@@ -280,3 +280,38 @@ def test_jobs_run_on_worker_hosts_and_a_cut_host_hands_training_over(
         assert len(got) == PER_SAMPLE and len({i["seed"] for i in got}) == PER_SAMPLE, got
         assert all(i["png"] and i["bytes"] > 0 for i in got), got
     assert bot.call("quit")
+
+
+def test_a_host_cut_inside_a_transaction_does_not_keep_its_job(lab: Lab, tmp_path: Path) -> None:
+    """Every heartbeat is a transaction: for a moment the worker's session holds the job's
+    row lock. A host cut in that moment leaves its session idle on the database, lock held,
+    and no TCP packet ever says it is gone. The database must let go of a silent host, or
+    the sweeper's requeue waits on that lock forever (TCP's own keepalive takes hours)."""
+    settings = lab_settings(lab, tmp_path, tmp_path).model_copy(update={"lease_timeout": 2.0})
+    svc = lab.hosts["svc"]
+    lab.start_postgres("svc", PG_PORT)
+    lab.start_redis("svc", REDIS_PORT)
+    bot = BotHost(lab, "bot", host_env(settings, tmp_path / "bot"))
+    try:
+        bot.call("wait_services", services=[(svc, PG_PORT), (svc, REDIS_PORT)], within=90)
+    except TimeoutError:
+        raise AssertionError(lab.logs()) from None
+    bot.call("setup", bucket=False)
+    worker = BotHost(lab, "w1", host_env(settings, tmp_path / "w1"), name="w1")
+    job = bot.call("submit", kind="sample", params={"prompt": "a cat"})
+    assert worker.call("claim", job_id=job, worker="sample-cpu@w1") == 1
+    assert worker.call("hold_row", job_id=job)
+
+    lab.cut("w1")
+    bot.call("start_sweeper")
+
+    def requeued() -> dict[str, Any] | None:
+        r = bot.call("jobs", ids=[job])[0]
+        return r if r["status"] == "queued" else None
+
+    try:
+        row = wait_for(requeued, 90, interval=0.5, what="the sweeper to requeue the cut host's job")
+    except TimeoutError:
+        raise AssertionError(f"{bot.call('jobs', ids=[job])}\n{lab.logs()}") from None
+    assert row["attempt"] == 1 and row["worker"] is None
+    assert bot.call("quit")
